@@ -1,0 +1,135 @@
+//! Finding the Bearer credentials of a request (RFC 8898 section 2.2, RFC 6750 section 2.1).
+
+use crate::sip::{HeaderKind, Message};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// No Bearer credentials (there may be credentials of another scheme, e.g. Digest).
+    Absent,
+    /// The b64token of the one Bearer credential.
+    Bearer(&'a str),
+    /// Bearer credentials that cannot be used; the reason names the defect.
+    Malformed(&'static str),
+}
+
+/// RFC 6750 b64token: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn is_b64token(t: &[u8]) -> bool {
+    let body = t.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
+    body > 0
+        && t[..body].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// The Bearer credentials among the `kind` headers (Authorization or Proxy-Authorization). Each
+/// header line carries one credential (RFC 3261 7.3.1 exempts these headers from comma joining);
+/// lines of other schemes are skipped; two Bearer credentials are ambiguous and so malformed.
+pub fn bearer<'a>(msg: &Message<'a>, kind: HeaderKind) -> Credentials<'a> {
+    let mut found = Credentials::Absent;
+    for value in msg.lines(kind) {
+        let scheme_end = value
+            .iter()
+            .position(|&b| crate::sip::is_lws(b))
+            .unwrap_or(value.len());
+        if !value[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+            continue;
+        }
+        if !matches!(found, Credentials::Absent) {
+            return Credentials::Malformed("Two Bearer credentials");
+        }
+        let token = crate::sip::trim_lws(&value[scheme_end..]);
+        found = match std::str::from_utf8(token) {
+            Ok(t) if is_b64token(token) => Credentials::Bearer(t),
+            _ if token.is_empty() => Credentials::Malformed("Empty Bearer credentials"),
+            _ => Credentials::Malformed("Malformed Bearer token"),
+        };
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::scan;
+
+    fn creds(headers: &str) -> Credentials<'static> {
+        let msg = format!("REGISTER sip:h SIP/2.0\r\n{headers}\r\n");
+        let leaked: &'static [u8] = Box::leak(msg.into_bytes().into_boxed_slice());
+        bearer(&scan(leaked).unwrap(), HeaderKind::Authorization)
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(
+            creds("Authorization: Bearer abc.DEF-_~+/==\r\n"),
+            Credentials::Bearer("abc.DEF-_~+/==")
+        );
+        assert_eq!(
+            creds("Authorization: bearer abc\r\n"),
+            Credentials::Bearer("abc")
+        );
+        assert_eq!(
+            creds("Authorization: BEARER   abc  \r\n"),
+            Credentials::Bearer("abc")
+        );
+    }
+
+    #[test]
+    fn absent_when_no_bearer() {
+        assert_eq!(creds(""), Credentials::Absent);
+        assert_eq!(
+            creds("Authorization: Digest username=\"a\", realm=\"r\"\r\n"),
+            Credentials::Absent
+        );
+        assert_eq!(
+            creds("Proxy-Authorization: Bearer abc\r\n"),
+            Credentials::Absent
+        );
+    }
+
+    #[test]
+    fn bearer_among_several_authorization_headers() {
+        assert_eq!(
+            creds("Authorization: Digest username=\"a\"\r\nAuthorization: Bearer tok\r\n"),
+            Credentials::Bearer("tok")
+        );
+    }
+
+    #[test]
+    fn malformed_bearer() {
+        assert_eq!(
+            creds("Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"),
+            Credentials::Malformed("Two Bearer credentials")
+        );
+        assert_eq!(
+            creds("Authorization: Bearer\r\n"),
+            Credentials::Malformed("Empty Bearer credentials")
+        );
+        assert_eq!(
+            creds("Authorization: Bearer a b\r\n"),
+            Credentials::Malformed("Malformed Bearer token")
+        );
+        assert_eq!(
+            creds("Authorization: Bearer a,b\r\n"),
+            Credentials::Malformed("Malformed Bearer token")
+        );
+        assert_eq!(
+            creds("Authorization: Bearer ==\r\n"),
+            Credentials::Malformed("Malformed Bearer token")
+        );
+        assert_eq!(
+            creds("Authorization: Bearer a=b\r\n"),
+            Credentials::Malformed("Malformed Bearer token")
+        );
+    }
+
+    #[test]
+    fn b64token_grammar() {
+        assert!(is_b64token(b"a"));
+        assert!(is_b64token(b"a=="));
+        assert!(!is_b64token(b""));
+        assert!(!is_b64token(b"="));
+        assert!(!is_b64token(b"a\"b"));
+        assert!(!is_b64token("é".as_bytes()));
+    }
+}

@@ -1,0 +1,660 @@
+//! The respond-mode pipeline over one request, sans-io: scan, check, assess, then (after the caller
+//! looked the token up) judge and write the response.
+//!
+//! The two halves mirror how a shard works: [`Engine::begin`] does everything that needs no token and
+//! returns [`Begin::NeedToken`] when one must be looked up; the caller consults its cache or source
+//! and calls [`Engine::finish`]. A caller that has to wait for the source keeps the datagram, and
+//! calls [`Engine::begin`] again on it when the answer arrives: scanning is cheaper than keeping a
+//! self-referential borrow alive across an await.
+
+use std::hash::Hasher as _;
+use std::net::SocketAddr;
+
+use siphasher::sip::SipHasher13;
+
+use crate::sip::reply::{finish_response, put_register_contacts, start_response};
+use crate::sip::scan::Problem;
+use crate::sip::{scan, Aor, HeaderKind, Message, Method, ScanError};
+
+use super::policy::{assess, ChallengeMode, Need, Policy};
+use super::verdict::{judge, response_for, Lookup, Outcome};
+
+/// Why a message got no response. Each is counted by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a SIP message.
+    Unparseable(ScanError),
+    /// A response, which respond mode has no transaction for.
+    UnexpectedResponse,
+    /// No usable top Via, so nowhere to send a response (RFC 3261 18.2.2).
+    NoVia,
+    /// A malformed ACK: ACKs are never answered.
+    BadAck,
+}
+
+impl DropReason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            DropReason::Unparseable(_) => "unparseable",
+            DropReason::UnexpectedResponse => "unexpected_response",
+            DropReason::NoVia => "no_via",
+            DropReason::BadAck => "bad_ack",
+        }
+    }
+}
+
+/// The end of processing one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// A response of this status is in the output buffer.
+    Replied {
+        code: u16,
+        outcome: Option<Outcome>,
+    },
+    /// Nothing to send, by design (ACK).
+    Silent,
+    Dropped(DropReason),
+}
+
+/// A request waiting for its token to be looked up.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    pub msg: Message<'a>,
+    pub token: &'a str,
+}
+
+#[derive(Debug)]
+pub enum Begin<'a> {
+    Done(Done),
+    NeedToken(Pending<'a>),
+}
+
+/// Respond-mode decisions for one configuration. Cheap to share between shards.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub policy: Policy,
+    /// Status for requests that pass (`[respond] status`).
+    pub respond_status: u16,
+    tag_key: (u64, u64),
+}
+
+impl Engine {
+    /// `tag_key` keys the hash that derives To tags; any value works, a random one hides nothing
+    /// but keeps tags from being predictable across deployments.
+    pub fn new(policy: Policy, respond_status: u16, tag_key: (u64, u64)) -> Engine {
+        Engine {
+            policy,
+            respond_status,
+            tag_key,
+        }
+    }
+
+    /// First half: everything that needs no token.
+    pub fn begin<'a>(&self, bytes: &'a [u8], source: SocketAddr, out: &mut Vec<u8>) -> Begin<'a> {
+        let msg = match scan(bytes) {
+            Ok(m) => m,
+            Err(e) => return Begin::Done(Done::Dropped(DropReason::Unparseable(e))),
+        };
+        if !msg.is_request() {
+            return Begin::Done(Done::Dropped(DropReason::UnexpectedResponse));
+        }
+        if !msg.top_via().is_some_and(usable_via) {
+            return Begin::Done(Done::Dropped(DropReason::NoVia));
+        }
+        if let Err(problem) = msg.check_request() {
+            if msg.method() == Some(Method::Ack) {
+                return Begin::Done(Done::Dropped(DropReason::BadAck));
+            }
+            return Begin::Done(self.reply_problem(&msg, source, problem, out));
+        }
+        match assess(&self.policy, &msg) {
+            Need::NoResponse => Begin::Done(Done::Silent),
+            Need::Pass => Begin::Done(self.reply_pass(&msg, source, None, out)),
+            Need::Challenge => {
+                Begin::Done(self.reply_outcome(&msg, source, Outcome::NoCredentials, out))
+            }
+            Need::Malformed(why) => {
+                Begin::Done(self.reply_outcome(&msg, source, Outcome::Malformed(why), out))
+            }
+            Need::Token(token) => Begin::NeedToken(Pending { msg, token }),
+        }
+    }
+
+    /// Second half: judge the lookup and write the response.
+    pub fn finish(
+        &self,
+        p: &Pending<'_>,
+        source: SocketAddr,
+        lookup: Lookup<'_>,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Done {
+        let aor_header = match p.msg.method() {
+            Some(Method::Register) => HeaderKind::To,
+            _ => HeaderKind::From,
+        };
+        // check_request() parsed both headers already; a failure here would be a bug, so refuse.
+        let Some(aor) = p
+            .msg
+            .first(aor_header)
+            .and_then(|v| Aor::from_header(v).ok())
+        else {
+            return self.reply_problem(
+                &p.msg,
+                source,
+                Problem {
+                    code: 400,
+                    reason: "Malformed address of record",
+                },
+                out,
+            );
+        };
+        let outcome = judge(&self.policy, lookup, &aor, now);
+        match outcome {
+            Outcome::Accept => self.reply_pass(&p.msg, source, Some(outcome), out),
+            _ => self.reply_outcome(&p.msg, source, outcome, out),
+        }
+    }
+
+    /// The 513 for a message that exceeds the size cap, when the part received can be answered.
+    pub fn too_large(&self, head: &[u8], source: SocketAddr, out: &mut Vec<u8>) -> Done {
+        // The cap may fall inside a header line; only whole lines can be judged.
+        let whole = memchr::memrchr(b'\n', head).map_or(head, |lf| &head[..=lf]);
+        match scan(whole) {
+            Ok(msg)
+                if msg.is_request()
+                    && msg.method() != Some(Method::Ack)
+                    && msg.top_via().is_some_and(usable_via) =>
+            {
+                self.reply_problem(
+                    &msg,
+                    source,
+                    Problem {
+                        code: 513,
+                        reason: "Message Too Large",
+                    },
+                    out,
+                )
+            }
+            Ok(_) => Done::Dropped(DropReason::NoVia),
+            Err(e) => Done::Dropped(DropReason::Unparseable(e)),
+        }
+    }
+
+    /// A 400 for a stream message whose framing is broken, when its header section can be answered.
+    pub fn bad_framing(
+        &self,
+        head: &[u8],
+        reason: &'static str,
+        source: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Done {
+        match scan(head) {
+            Ok(msg)
+                if msg.is_request()
+                    && msg.method() != Some(Method::Ack)
+                    && msg.top_via().is_some_and(usable_via) =>
+            {
+                self.reply_problem(&msg, source, Problem { code: 400, reason }, out)
+            }
+            Ok(_) => Done::Dropped(DropReason::NoVia),
+            Err(e) => Done::Dropped(DropReason::Unparseable(e)),
+        }
+    }
+
+    fn to_tag(&self, msg: &Message<'_>) -> [u8; 16] {
+        // Deterministic in what identifies the request, so a retransmission gets the same tag.
+        let mut h = SipHasher13::new_with_keys(self.tag_key.0, self.tag_key.1);
+        for kind in [HeaderKind::CallId, HeaderKind::From, HeaderKind::CSeq] {
+            h.write(msg.first(kind).unwrap_or_default());
+            h.write_u8(0xff);
+        }
+        let mut tag = [0u8; 16];
+        let v = h.finish();
+        for (i, t) in tag.iter_mut().enumerate() {
+            *t = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        tag
+    }
+
+    fn reply_problem(
+        &self,
+        msg: &Message<'_>,
+        source: SocketAddr,
+        p: Problem,
+        out: &mut Vec<u8>,
+    ) -> Done {
+        start_response(out, msg, source, p.code, p.reason, &self.to_tag(msg));
+        finish_response(out);
+        Done::Replied {
+            code: p.code,
+            outcome: None,
+        }
+    }
+
+    fn reply_pass(
+        &self,
+        msg: &Message<'_>,
+        source: SocketAddr,
+        outcome: Option<Outcome>,
+        out: &mut Vec<u8>,
+    ) -> Done {
+        let code = match msg.method() {
+            // CANCEL is answered 200 whatever the respond status: it only stops a transaction.
+            Some(Method::Cancel) => 200,
+            _ => self.respond_status,
+        };
+        start_response(
+            out,
+            msg,
+            source,
+            code,
+            crate::sip::reply::reason_phrase(code),
+            &self.to_tag(msg),
+        );
+        if msg.method() == Some(Method::Register) && (200..300).contains(&code) {
+            put_register_contacts(out, msg);
+        }
+        finish_response(out);
+        Done::Replied { code, outcome }
+    }
+
+    fn reply_outcome(
+        &self,
+        msg: &Message<'_>,
+        source: SocketAddr,
+        outcome: Outcome,
+        out: &mut Vec<u8>,
+    ) -> Done {
+        let spec = response_for(&self.policy, &outcome);
+        start_response(out, msg, source, spec.code, spec.reason, &self.to_tag(msg));
+        if spec.challenge {
+            self.put_challenge(out, spec.error);
+        }
+        if spec.retry_after {
+            out.extend_from_slice(b"Retry-After: ");
+            out.extend_from_slice(
+                itoa::Buffer::new()
+                    .format(self.policy.retry_after_s)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\r\n");
+        }
+        finish_response(out);
+        Done::Replied {
+            code: spec.code,
+            outcome: Some(outcome),
+        }
+    }
+
+    /// `Bearer realm="…"[, scope="…"][, authz_server="…"][, error="…"]` (RFC 8898 2.3, RFC 6750 3).
+    /// Configuration validation keeps quotes and backslashes out of these values.
+    fn put_challenge(&self, out: &mut Vec<u8>, error: Option<&str>) {
+        out.extend_from_slice(match self.policy.challenge {
+            ChallengeMode::Www => b"WWW-Authenticate: Bearer realm=\"",
+            ChallengeMode::Proxy => b"Proxy-Authenticate: Bearer realm=\"",
+        });
+        out.extend_from_slice(self.policy.realm.as_bytes());
+        out.push(b'"');
+        for (name, value) in [
+            ("scope", self.policy.scope.as_deref()),
+            ("authz_server", self.policy.authz_server.as_deref()),
+            ("error", error),
+        ] {
+            if let Some(v) = value {
+                out.extend_from_slice(b", ");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"=\"");
+                out.extend_from_slice(v.as_bytes());
+                out.push(b'"');
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A Via whose sent-protocol names SIP/2.0 and a transport, followed by a sent-by.
+fn usable_via(via: &[u8]) -> bool {
+    let head = &via[..memchr::memchr(b';', via).unwrap_or(via.len())];
+    let mut parts = head.split(|&b| b == b'/');
+    let (Some(name), Some(version), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let rest = crate::sip::trim_lws(rest);
+    let transport_end = rest
+        .iter()
+        .position(|&b| crate::sip::is_lws(b))
+        .unwrap_or(rest.len());
+    crate::sip::trim_lws(name).eq_ignore_ascii_case(b"SIP")
+        && crate::sip::trim_lws(version) == b"2.0"
+        && transport_end > 0
+        && !crate::sip::trim_lws(&rest[transport_end..]).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::facts::{SourceError, TokenFacts};
+    use crate::auth::policy::Profile;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn src() -> SocketAddr {
+        "192.0.2.33:5062".parse().unwrap()
+    }
+
+    fn engine(policy: Policy) -> Engine {
+        Engine::new(policy, 200, (1, 2))
+    }
+
+    fn register(auth: &str) -> Vec<u8> {
+        format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.33:5062;branch=z9hG4bKr1;rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=f1\r\nTo: <sip:alice@example.com>\r\n\
+Call-ID: reg-1\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@192.0.2.33:5062>\r\nExpires: 300\r\n{auth}\
+Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn alice() -> TokenFacts {
+        TokenFacts {
+            active: true,
+            username: Some("alice".into()),
+            exp: Some(NOW + 600),
+            ..TokenFacts::default()
+        }
+    }
+
+    /// Runs both halves as a shard would, answering the lookup with `lookup`.
+    fn run(e: &Engine, msg: &[u8], lookup: Lookup<'_>) -> (Done, String) {
+        let mut out = Vec::new();
+        let done = match e.begin(msg, src(), &mut out) {
+            Begin::Done(d) => d,
+            Begin::NeedToken(p) => e.finish(&p, src(), lookup, NOW, &mut out),
+        };
+        (done, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn valid_token_gets_200_with_contacts() {
+        let e = engine(Policy::default());
+        let (done, text) = run(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            Lookup::Found(&alice()),
+        );
+        assert_eq!(
+            done,
+            Done::Replied {
+                code: 200,
+                outcome: Some(Outcome::Accept)
+            }
+        );
+        assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+        assert!(text.contains(
+            "Via: SIP/2.0/UDP 192.0.2.33:5062;branch=z9hG4bKr1;received=192.0.2.33;rport=5062\r\n"
+        ));
+        assert!(text.contains("Contact: <sip:alice@192.0.2.33:5062>;expires=300\r\n"));
+        assert!(text.contains("To: <sip:alice@example.com>;tag="));
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn no_token_gets_the_bearer_challenge() {
+        let e = engine(Policy {
+            realm: "example.com".into(),
+            scope: Some("sip".into()),
+            authz_server: Some("https://as.example.com".into()),
+            ..Policy::default()
+        });
+        let (done, text) = run(&e, &register(""), Lookup::NoSource);
+        assert_eq!(
+            done,
+            Done::Replied {
+                code: 401,
+                outcome: Some(Outcome::NoCredentials)
+            }
+        );
+        assert!(text.contains(
+            "WWW-Authenticate: Bearer realm=\"example.com\", scope=\"sip\", authz_server=\"https://as.example.com\"\r\n"
+        ));
+        assert!(!text.contains("error="));
+    }
+
+    #[test]
+    fn invalid_token_and_user_mismatch() {
+        let e = engine(Policy::default());
+        let (_, text) = run(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            Lookup::Found(&TokenFacts::inactive()),
+        );
+        assert!(text.starts_with("SIP/2.0 401 Unauthorized\r\n"));
+        assert!(text
+            .contains("WWW-Authenticate: Bearer realm=\"sipward\", error=\"invalid_token\"\r\n"));
+        let bob = TokenFacts {
+            username: Some("bob".into()),
+            ..alice()
+        };
+        let (_, text) = run(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            Lookup::Found(&bob),
+        );
+        assert!(text.contains("error=\"invalid_request\""));
+    }
+
+    #[test]
+    fn insufficient_scope_names_the_scope() {
+        let e = engine(Policy {
+            scope: Some("sip".into()),
+            ..Policy::default()
+        });
+        let (_, text) = run(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            Lookup::Found(&alice()),
+        );
+        assert!(text.starts_with("SIP/2.0 403 Forbidden\r\n"), "{text}");
+        assert!(text.contains("WWW-Authenticate: Bearer realm=\"sipward\", scope=\"sip\", error=\"insufficient_scope\"\r\n"));
+    }
+
+    #[test]
+    fn source_unavailable_gets_retry_after() {
+        let e = engine(Policy::default());
+        let (_, text) = run(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            Lookup::Failed(SourceError::Timeout),
+        );
+        assert!(text.starts_with("SIP/2.0 503 Service Unavailable\r\n"));
+        assert!(text.contains("Retry-After: 5\r\n"));
+        let oracle = engine(Policy {
+            profile: Profile::Oracle,
+            ..Policy::default()
+        });
+        let (_, text) = run(
+            &oracle,
+            &register("Authorization: Bearer tok\r\n"),
+            Lookup::Failed(SourceError::Timeout),
+        );
+        assert!(text.starts_with("SIP/2.0 500 Server Internal Error\r\n"));
+        assert!(!text.contains("Retry-After"));
+    }
+
+    #[test]
+    fn malformed_credentials_name_the_defect() {
+        let e = engine(Policy::default());
+        let (_, text) = run(
+            &e,
+            &register("Authorization: Bearer a b\r\n"),
+            Lookup::NoSource,
+        );
+        assert!(
+            text.starts_with("SIP/2.0 400 Malformed Bearer token\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn proxy_challenge() {
+        let e = engine(Policy {
+            challenge: ChallengeMode::Proxy,
+            ..Policy::default()
+        });
+        let (_, text) = run(&e, &register(""), Lookup::NoSource);
+        assert!(text.starts_with("SIP/2.0 407 Proxy Authentication Required\r\n"));
+        assert!(text.contains("Proxy-Authenticate: Bearer realm=\"sipward\"\r\n"));
+    }
+
+    #[test]
+    fn invite_aor_is_from() {
+        let e = engine(Policy::default());
+        let invite = b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKi\r\n\
+From: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: inv\r\nCSeq: 1 INVITE\r\n\
+Authorization: Bearer tok\r\nContent-Length: 0\r\n\r\n";
+        let (done, _) = run(&e, invite, Lookup::Found(&alice()));
+        assert_eq!(
+            done,
+            Done::Replied {
+                code: 200,
+                outcome: Some(Outcome::Accept)
+            }
+        );
+    }
+
+    #[test]
+    fn ack_is_silent_and_bad_ack_dropped() {
+        let e = engine(Policy::default());
+        let ack =
+            b"ACK sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nFrom: <sip:a@h>;tag=1\r\n\
+To: <sip:a@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n";
+        assert_eq!(
+            run(&e, ack, Lookup::NoSource),
+            (Done::Silent, String::new())
+        );
+        let bad = b"ACK sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\n\r\n";
+        assert_eq!(
+            run(&e, bad, Lookup::NoSource).0,
+            Done::Dropped(DropReason::BadAck)
+        );
+    }
+
+    #[test]
+    fn unanswerable_input_is_dropped() {
+        let e = engine(Policy::default());
+        assert!(matches!(
+            run(&e, b"garbage", Lookup::NoSource).0,
+            Done::Dropped(DropReason::Unparseable(_))
+        ));
+        assert_eq!(
+            run(
+                &e,
+                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\n\r\n",
+                Lookup::NoSource
+            )
+            .0,
+            Done::Dropped(DropReason::UnexpectedResponse)
+        );
+        assert_eq!(
+            run(
+                &e,
+                b"OPTIONS sip:h SIP/2.0\r\nCall-ID: x\r\n\r\n",
+                Lookup::NoSource
+            )
+            .0,
+            Done::Dropped(DropReason::NoVia)
+        );
+        assert_eq!(
+            run(
+                &e,
+                b"OPTIONS sip:h SIP/2.0\r\nVia: nonsense\r\n\r\n",
+                Lookup::NoSource
+            )
+            .0,
+            Done::Dropped(DropReason::NoVia)
+        );
+    }
+
+    #[test]
+    fn routable_request_with_missing_header_gets_400() {
+        let e = engine(Policy::default());
+        let (done, text) = run(&e, b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCSeq: 1 OPTIONS\r\n\r\n", Lookup::NoSource);
+        assert_eq!(
+            done,
+            Done::Replied {
+                code: 400,
+                outcome: None
+            }
+        );
+        assert!(text.starts_with("SIP/2.0 400 Missing Call-ID header\r\n"));
+    }
+
+    #[test]
+    fn to_tag_is_deterministic_per_request() {
+        let e = engine(Policy::default());
+        let (_, a) = run(&e, &register(""), Lookup::NoSource);
+        let (_, b) = run(&e, &register(""), Lookup::NoSource);
+        assert_eq!(a, b);
+        let other = register("").into_iter().collect::<Vec<u8>>();
+        let other = String::from_utf8(other).unwrap().replace("reg-1", "reg-2");
+        let (_, c) = run(&e, other.as_bytes(), Lookup::NoSource);
+        let tag = |t: &str| {
+            t.lines()
+                .find(|l| l.starts_with("To:"))
+                .unwrap()
+                .to_string()
+        };
+        assert_ne!(tag(&a), tag(&c));
+    }
+
+    #[test]
+    fn respond_status_applies_to_passing_requests_but_cancel_gets_200() {
+        let e = Engine::new(Policy::default(), 202, (1, 2));
+        let opts = b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(
+            run(&e, opts, Lookup::NoSource).0,
+            Done::Replied {
+                code: 202,
+                outcome: None
+            }
+        );
+        let cancel = b"CANCEL sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 CANCEL\r\n\r\n";
+        assert_eq!(
+            run(&e, cancel, Lookup::NoSource).0,
+            Done::Replied {
+                code: 200,
+                outcome: None
+            }
+        );
+    }
+
+    #[test]
+    fn too_large_gets_513_when_routable() {
+        let e = engine(Policy::default());
+        let mut out = Vec::new();
+        let head = b"MESSAGE sip:h SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKm\r\nFrom: <sip:a@h>;tag=1\r\nCall-ID: big\r\nContent-Le";
+        assert_eq!(
+            e.too_large(head, src(), &mut out),
+            Done::Replied {
+                code: 513,
+                outcome: None
+            }
+        );
+        assert!(out.starts_with(b"SIP/2.0 513 Message Too Large\r\n"));
+        assert!(matches!(
+            e.too_large(b"\x00\x01", src(), &mut out),
+            Done::Dropped(_)
+        ));
+    }
+
+    #[test]
+    fn usable_vias() {
+        assert!(usable_via(b"SIP/2.0/UDP h"));
+        assert!(usable_via(b"SIP / 2.0 / TCP [::1]:5060;branch=z9hG4bK"));
+        assert!(!usable_via(b"SIP/2.0/UDP"));
+        assert!(!usable_via(b"SIP/3.0/UDP h"));
+        assert!(!usable_via(b"nonsense"));
+    }
+}

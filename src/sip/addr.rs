@@ -1,0 +1,466 @@
+//! Addresses in SIP headers: name-addr and addr-spec (RFC 3261 20.10, 25.1), header parameters, and
+//! sip / sips / tel URIs reduced to what an address of record needs.
+//!
+//! Values may come straight from a folded header, so CR and LF count as white space everywhere here.
+//! URI parsing extracts scheme, user, host and port; it does not check every character class of the
+//! RFC 3261 grammar, and it does not decode or normalise URI parameters (an AOR ignores them).
+
+use memchr::memchr;
+
+use super::{is_lws, trim_lws};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    #[error("empty address")]
+    Empty,
+    #[error("unterminated quoted display name")]
+    Unquoted,
+    #[error("unterminated <")]
+    Unbracketed,
+    #[error("unexpected text after >")]
+    Trailing,
+    #[error("URI without a scheme")]
+    NoScheme,
+    #[error("URI scheme is not sip, sips or tel")]
+    Scheme,
+    #[error("URI without a host")]
+    NoHost,
+    #[error("bad port")]
+    Port,
+    #[error("white space inside a URI")]
+    Space,
+}
+
+/// A From / To / Contact / Route value split into its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    /// Display name as written (quotes included when quoted), if any.
+    pub display: Option<&'a [u8]>,
+    /// The URI, without angle brackets.
+    pub uri: &'a [u8],
+    /// Header parameters: empty, or starting with `;`.
+    pub params: &'a [u8],
+    /// Whether the URI was enclosed in `<>` (name-addr form).
+    pub bracketed: bool,
+}
+
+/// Parses `"Display" <uri>;params`, `Display <uri>;params`, `<uri>;params` or `uri;params`.
+/// In the addr-spec form (no brackets) everything after the first `;` is a header parameter, as RFC
+/// 3261 20 requires for From, To and Contact.
+pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, AddrError> {
+    let v = trim_lws(v);
+    if v.is_empty() {
+        return Err(AddrError::Empty);
+    }
+    if v == b"*" {
+        // Contact: * (RFC 3261 10.2.2) has neither URI nor display name.
+        return Ok(NameAddr {
+            display: None,
+            uri: v,
+            params: b"",
+            bracketed: false,
+        });
+    }
+    let mut i = 0;
+    let mut display = None;
+    if v[0] == b'"' {
+        i = 1;
+        loop {
+            match v.get(i) {
+                None => return Err(AddrError::Unquoted),
+                Some(b'\\') => i += 2,
+                Some(b'"') => break,
+                Some(_) => i += 1,
+            }
+        }
+        display = Some(&v[..=i]);
+        i += 1;
+    }
+    match memchr(b'<', &v[i..]) {
+        Some(lt) => {
+            let lt = i + lt;
+            if display.is_none() {
+                let name = trim_lws(&v[..lt]);
+                if !name.is_empty() {
+                    display = Some(name);
+                }
+            } else if !trim_lws(&v[i..lt]).is_empty() {
+                return Err(AddrError::Trailing);
+            }
+            let gt = memchr(b'>', &v[lt..]).ok_or(AddrError::Unbracketed)? + lt;
+            let uri = trim_lws(&v[lt + 1..gt]);
+            let params = trim_lws(&v[gt + 1..]);
+            if !params.is_empty() && params[0] != b';' {
+                return Err(AddrError::Trailing);
+            }
+            Ok(NameAddr {
+                display,
+                uri,
+                params,
+                bracketed: true,
+            })
+        }
+        None => {
+            if display.is_some() {
+                return Err(AddrError::Unbracketed);
+            }
+            let semi = memchr(b';', v).unwrap_or(v.len());
+            let uri = trim_lws(&v[..semi]);
+            if uri.iter().any(|&b| is_lws(b)) {
+                return Err(AddrError::Space);
+            }
+            Ok(NameAddr {
+                display: None,
+                uri,
+                params: &v[semi..],
+                bracketed: false,
+            })
+        }
+    }
+}
+
+/// Iterates `;name[=value]` parameters as (name, value) pairs, trimmed. Quoted values keep quotes.
+pub fn params(p: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    let mut rest = p;
+    std::iter::from_fn(move || loop {
+        let r = trim_lws(rest);
+        if r.is_empty() {
+            return None;
+        }
+        let r = if r[0] == b';' { &r[1..] } else { r };
+        let mut quoted = false;
+        let end = r
+            .iter()
+            .position(|&b| {
+                if b == b'"' {
+                    quoted = !quoted;
+                }
+                b == b';' && !quoted
+            })
+            .unwrap_or(r.len());
+        rest = &r[end..];
+        let item = trim_lws(&r[..end]);
+        if item.is_empty() {
+            continue;
+        }
+        return Some(match memchr(b'=', item) {
+            Some(eq) => (trim_lws(&item[..eq]), Some(trim_lws(&item[eq + 1..]))),
+            None => (item, None),
+        });
+    })
+}
+
+/// The parameter `name` (case-insensitive): `Some(None)` for a flag, `Some(Some(v))` with a value.
+pub fn param<'a>(p: &'a [u8], name: &[u8]) -> Option<Option<&'a [u8]>> {
+    params(p)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Sip,
+    Sips,
+    Tel,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Sip => "sip",
+            Scheme::Sips => "sips",
+            Scheme::Tel => "tel",
+        }
+    }
+}
+
+/// The parts of a URI an address of record is built from. `user` is still percent-encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uri<'a> {
+    pub scheme: Scheme,
+    pub user: Option<&'a [u8]>,
+    /// Host as written (IPv6 with brackets); empty for tel URIs.
+    pub host: &'a [u8],
+    pub port: Option<u16>,
+    /// URI parameters and headers, unparsed (starting with `;` or `?`, or empty).
+    pub rest: &'a [u8],
+}
+
+/// Parses a sip, sips or tel URI (scheme case-insensitive).
+pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, AddrError> {
+    let u = trim_lws(u);
+    if u.iter().any(|&b| is_lws(b)) {
+        return Err(AddrError::Space);
+    }
+    let colon = memchr(b':', u).ok_or(AddrError::NoScheme)?;
+    let scheme = &u[..colon];
+    let rest = &u[colon + 1..];
+    let scheme = if scheme.eq_ignore_ascii_case(b"sip") {
+        Scheme::Sip
+    } else if scheme.eq_ignore_ascii_case(b"sips") {
+        Scheme::Sips
+    } else if scheme.eq_ignore_ascii_case(b"tel") {
+        Scheme::Tel
+    } else {
+        return Err(AddrError::Scheme);
+    };
+    if scheme == Scheme::Tel {
+        let end = memchr(b';', rest).unwrap_or(rest.len());
+        if end == 0 {
+            return Err(AddrError::Empty);
+        }
+        return Ok(Uri {
+            scheme,
+            user: Some(&rest[..end]),
+            host: b"",
+            port: None,
+            rest: &rest[end..],
+        });
+    }
+    // The user part may itself contain ';' and '?' (RFC 3261 25.1 user-unreserved), but never '@'.
+    let (user, hostport) = match memchr(b'@', rest) {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = &userinfo[..memchr(b':', userinfo).unwrap_or(userinfo.len())];
+            (Some(user), &rest[at + 1..])
+        }
+        None => (None, rest),
+    };
+    let hp_end = hostport
+        .iter()
+        .position(|&b| b == b';' || b == b'?')
+        .unwrap_or(hostport.len());
+    let (hp, tail) = hostport.split_at(hp_end);
+    let (host, port) = if hp.first() == Some(&b'[') {
+        let close = memchr(b']', hp).ok_or(AddrError::NoHost)?;
+        let host = &hp[..=close];
+        match &hp[close + 1..] {
+            [] => (host, None),
+            [b':', port @ ..] => (host, Some(parse_port(port)?)),
+            _ => return Err(AddrError::Port),
+        }
+    } else {
+        match memchr(b':', hp) {
+            Some(c) => (&hp[..c], Some(parse_port(&hp[c + 1..])?)),
+            None => (hp, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(AddrError::NoHost);
+    }
+    Ok(Uri {
+        scheme,
+        user,
+        host,
+        port,
+        rest: tail,
+    })
+}
+
+fn parse_port(p: &[u8]) -> Result<u16, AddrError> {
+    if p.is_empty() || p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
+        return Err(AddrError::Port);
+    }
+    let n = p.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+    u16::try_from(n).map_err(|_| AddrError::Port)
+}
+
+/// An address of record: scheme, user and host of a From or To URI; port and parameters ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aor<'a> {
+    pub scheme: Scheme,
+    /// Percent-encoded as received; compare with [`Aor::user_is`].
+    pub user: &'a [u8],
+    /// As received; compare case-insensitively.
+    pub host: &'a [u8],
+}
+
+impl<'a> Aor<'a> {
+    /// The AOR of a From or To header value.
+    pub fn from_header(v: &'a [u8]) -> Result<Aor<'a>, AddrError> {
+        let na = parse_name_addr(v)?;
+        let uri = parse_uri(na.uri)?;
+        Ok(Aor {
+            scheme: uri.scheme,
+            user: uri.user.unwrap_or_default(),
+            host: uri.host,
+        })
+    }
+
+    /// Whether the percent-decoded user part equals `user` (case-sensitive, RFC 3261 19.1.4).
+    pub fn user_is(&self, user: &[u8]) -> bool {
+        pct_decoded_eq(self.user, user)
+    }
+
+    /// The comparison of seed 000 and RFC 8898: a username with `@` is compared with `user@host`
+    /// (user case-sensitive, host case-insensitive), otherwise with the user part alone.
+    pub fn matches_username(&self, username: &str) -> bool {
+        let username = username.as_bytes();
+        match memchr::memrchr(b'@', username) {
+            Some(at) => {
+                self.user_is(&username[..at]) && self.host.eq_ignore_ascii_case(&username[at + 1..])
+            }
+            None => self.user_is(username),
+        }
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Compares a percent-encoded string with a plain one without allocating. A `%` not followed by two
+/// hex digits stands for itself.
+pub fn pct_decoded_eq(encoded: &[u8], plain: &[u8]) -> bool {
+    let mut i = 0;
+    let mut j = 0;
+    while i < encoded.len() {
+        let mut b = encoded[i];
+        i += 1;
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                encoded.get(i).copied().and_then(hex_val),
+                encoded.get(i + 1).copied().and_then(hex_val),
+            ) {
+                b = h << 4 | l;
+                i += 2;
+            }
+        }
+        if plain.get(j) != Some(&b) {
+            return false;
+        }
+        j += 1;
+    }
+    j == plain.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_addr_forms() {
+        let na =
+            parse_name_addr(b"\"Alice \\\"A\\\" <x>\" <sip:alice@h;transport=tcp>;tag=1").unwrap();
+        assert_eq!(na.display, Some(&b"\"Alice \\\"A\\\" <x>\""[..]));
+        assert_eq!(na.uri, b"sip:alice@h;transport=tcp");
+        assert_eq!(na.params, b";tag=1");
+        let na = parse_name_addr(b"Alice Smith <sip:alice@h>").unwrap();
+        assert_eq!(na.display, Some(&b"Alice Smith"[..]));
+        assert_eq!(na.uri, b"sip:alice@h");
+        assert_eq!(na.params, b"");
+        // addr-spec: the parameters belong to the header, not to the URI.
+        let na = parse_name_addr(b"sip:alice@h;tag=x").unwrap();
+        assert_eq!(na.uri, b"sip:alice@h");
+        assert_eq!(param(na.params, b"tag"), Some(Some(&b"x"[..])));
+        assert!(!na.bracketed);
+        let na = parse_name_addr(b"<sip:a@h>\r\n ;tag=9").unwrap();
+        assert_eq!(param(na.params, b"TAG"), Some(Some(&b"9"[..])));
+    }
+
+    #[test]
+    fn name_addr_errors() {
+        assert_eq!(parse_name_addr(b"").unwrap_err(), AddrError::Empty);
+        assert_eq!(
+            parse_name_addr(b"\"open <sip:a@h>").unwrap_err(),
+            AddrError::Unquoted
+        );
+        assert_eq!(
+            parse_name_addr(b"<sip:a@h").unwrap_err(),
+            AddrError::Unbracketed
+        );
+        assert_eq!(
+            parse_name_addr(b"<sip:a@h> junk").unwrap_err(),
+            AddrError::Trailing
+        );
+        assert_eq!(
+            parse_name_addr(b"Alice sip:a@h").unwrap_err(),
+            AddrError::Space
+        );
+    }
+
+    #[test]
+    fn params_flags_and_values() {
+        let p: Vec<_> = params(b";lr; tag = abc ;q=\"a;b\";;x").collect();
+        assert_eq!(
+            p,
+            vec![
+                (&b"lr"[..], None),
+                (&b"tag"[..], Some(&b"abc"[..])),
+                (&b"q"[..], Some(&b"\"a;b\""[..])),
+                (&b"x"[..], None)
+            ]
+        );
+        assert_eq!(param(b";lr", b"lr"), Some(None));
+        assert_eq!(param(b";lr", b"tag"), None);
+    }
+
+    #[test]
+    fn uris() {
+        let u = parse_uri(b"sip:alice:secret@Example.COM:5070;transport=tcp?h=v").unwrap();
+        assert_eq!(u.scheme, Scheme::Sip);
+        assert_eq!(u.user, Some(&b"alice"[..]));
+        assert_eq!(u.host, b"Example.COM");
+        assert_eq!(u.port, Some(5070));
+        assert_eq!(u.rest, b";transport=tcp?h=v");
+        let u = parse_uri(b"SIPS:[2001:db8::1]:5061").unwrap();
+        assert_eq!(u.scheme, Scheme::Sips);
+        assert_eq!(u.user, None);
+        assert_eq!(u.host, b"[2001:db8::1]");
+        assert_eq!(u.port, Some(5061));
+        let u = parse_uri(b"sip:+1234;phone-context=x@h").unwrap();
+        assert_eq!(u.user, Some(&b"+1234;phone-context=x"[..]));
+        let u = parse_uri(b"tel:+1-201-555-0123;phone-context=example.com").unwrap();
+        assert_eq!(u.scheme, Scheme::Tel);
+        assert_eq!(u.user, Some(&b"+1-201-555-0123"[..]));
+        assert_eq!(u.host, b"");
+        assert_eq!(parse_uri(b"http://h").unwrap_err(), AddrError::Scheme);
+        assert_eq!(parse_uri(b"alice").unwrap_err(), AddrError::NoScheme);
+        assert_eq!(parse_uri(b"sip:a@").unwrap_err(), AddrError::NoHost);
+        assert_eq!(parse_uri(b"sip:a@h:99999").unwrap_err(), AddrError::Port);
+        assert_eq!(parse_uri(b"sip:a@h:").unwrap_err(), AddrError::Port);
+    }
+
+    #[test]
+    fn aor_user_is_percent_decoded() {
+        let aor = Aor::from_header(b"<sip:us%65r0@h>").unwrap();
+        assert!(aor.user_is(b"user0"));
+        assert!(aor.matches_username("user0"));
+        assert!(!aor.matches_username("User0"));
+        assert!(pct_decoded_eq(b"a%2", b"a%2"));
+        assert!(pct_decoded_eq(b"100%", b"100%"));
+        assert!(!pct_decoded_eq(b"ab", b"abc"));
+        assert!(!pct_decoded_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn aor_ignores_port_and_params_and_lowercases_host() {
+        let aor =
+            Aor::from_header(b"\"A\" <sips:alice@EXAMPLE.com:5061;transport=tls>;tag=1").unwrap();
+        assert_eq!(aor.scheme, Scheme::Sips);
+        assert!(aor.matches_username("alice@example.com"));
+        assert!(aor.matches_username("alice@Example.Com"));
+        assert!(aor.matches_username("alice"));
+        assert!(!aor.matches_username("Alice@example.com"));
+        assert!(!aor.matches_username("alice@example.org"));
+        assert!(!aor.matches_username("bob"));
+    }
+
+    #[test]
+    fn tel_aor_compares_the_number() {
+        let aor = Aor::from_header(b"<tel:+15551234;phone-context=x>").unwrap();
+        assert!(aor.matches_username("+15551234"));
+        assert!(!aor.matches_username("+15551234@example.com"));
+    }
+
+    #[test]
+    fn aor_without_user_never_matches() {
+        let aor = Aor::from_header(b"<sip:example.com>").unwrap();
+        assert!(!aor.matches_username("alice"));
+    }
+}

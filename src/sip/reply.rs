@@ -1,0 +1,304 @@
+//! Stateless responses (RFC 3261 8.2.6): built from the request alone, into a caller-owned buffer.
+//!
+//! Every Via is copied in order, the top one given `received` and `rport` (RFC 3581); From, Call-ID
+//! and CSeq are copied; To is copied with a tag added when it has none. Folded values are unfolded on
+//! the way out. This module writes bytes only: which status to send is decided in [`crate::auth`].
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use super::addr::{param, params, parse_name_addr};
+use super::scan::{HeaderKind, Message};
+use super::{is_lws, trim_lws};
+
+/// Registration lifetime when neither the Contact nor the request says (RFC 3261 10.2.1.1).
+pub const DEFAULT_EXPIRES: u32 = 3600;
+
+/// Canonical reason phrase for the statuses sipward sends.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        430 => "Flow Failed",
+        480 => "Temporarily Unavailable",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        _ => match code / 100 {
+            2 => "OK",
+            3 => "Redirect",
+            4 => "Request Failure",
+            5 => "Server Failure",
+            _ => "Global Failure",
+        },
+    }
+}
+
+/// Appends `v` with each fold (CRLF followed by white space) replaced by one space.
+pub fn put_unfolded(out: &mut Vec<u8>, v: &[u8]) {
+    if memchr::memchr(b'\n', v).is_none() {
+        out.extend_from_slice(v);
+        return;
+    }
+    let mut in_ws = false;
+    for &b in v {
+        if is_lws(b) {
+            if !in_ws {
+                out.push(b' ');
+            }
+            in_ws = true;
+        } else {
+            out.push(b);
+            in_ws = false;
+        }
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    put_unfolded(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the top Via with `received` and `rport` set to where the request came from; other
+/// parameters keep their order.
+pub fn put_top_via(out: &mut Vec<u8>, via: &[u8], source: SocketAddr) {
+    let semi = memchr::memchr(b';', via).unwrap_or(via.len());
+    out.extend_from_slice(b"Via: ");
+    put_unfolded(out, trim_lws(&via[..semi]));
+    for (name, value) in params(&via[semi..]) {
+        if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport") {
+            continue;
+        }
+        out.push(b';');
+        put_unfolded(out, name);
+        if let Some(v) = value {
+            out.push(b'=');
+            put_unfolded(out, v);
+        }
+    }
+    out.extend_from_slice(b";received=");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}", source.ip());
+    out.extend_from_slice(b";rport=");
+    out.extend_from_slice(itoa::Buffer::new().format(source.port()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether the To header already carries a tag (the request is inside a dialog).
+pub fn to_has_tag(req: &Message<'_>) -> bool {
+    req.first(HeaderKind::To)
+        .and_then(|v| parse_name_addr(v).ok())
+        .is_some_and(|na| param(na.params, b"tag").is_some())
+}
+
+/// Head of a response: the status line and the headers copied from the request, up to (not
+/// including) any extra headers and Content-Length. `to_tag` is added to a To without a tag, unless
+/// the response is provisional 100 (RFC 3261 8.2.6.2). `reason` names the problem for 400s.
+pub fn start_response(
+    out: &mut Vec<u8>,
+    req: &Message<'_>,
+    source: SocketAddr,
+    code: u16,
+    reason: &str,
+    to_tag: &[u8],
+) {
+    out.clear();
+    out.extend_from_slice(b"SIP/2.0 ");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut vias = req.vias();
+    if let Some(top) = vias.next() {
+        put_top_via(out, top, source);
+    }
+    for via in vias {
+        put_header(out, "Via", via);
+    }
+    if let Some(from) = req.first(HeaderKind::From) {
+        put_header(out, "From", from);
+    }
+    if let Some(to) = req.first(HeaderKind::To) {
+        put_header(out, "To", to);
+        let taggable = code > 100 && parse_name_addr(to).is_ok() && !to_has_tag(req);
+        if taggable && !to_tag.is_empty() {
+            // The header line just written ends in CRLF; the tag goes before it.
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b";tag=");
+            out.extend_from_slice(to_tag);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(cid) = req.first(HeaderKind::CallId) {
+        put_header(out, "Call-ID", cid);
+    }
+    if let Some(cseq) = req.first(HeaderKind::CSeq) {
+        put_header(out, "CSeq", cseq);
+    }
+}
+
+/// Ends a response started with [`start_response`]: no body.
+pub fn finish_response(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+}
+
+/// For a 2xx to REGISTER: one Contact line per binding the request asked for, each with the expiry it
+/// gets (its own `expires` parameter, else the Expires header, else [`DEFAULT_EXPIRES`]). Bindings
+/// being removed (`expires=0`, `Contact: *`) are not echoed, since they no longer exist.
+pub fn put_register_contacts(out: &mut Vec<u8>, req: &Message<'_>) {
+    let header_expires = req
+        .first(HeaderKind::Expires)
+        .and_then(super::scan::parse_decimal)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    for contact in req.values(HeaderKind::Contact) {
+        let Ok(na) = parse_name_addr(contact) else {
+            continue;
+        };
+        if na.uri == b"*" {
+            continue;
+        }
+        let expires = match param(na.params, b"expires") {
+            Some(Some(v)) => {
+                super::scan::parse_decimal(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            }
+            _ => None,
+        }
+        .or(header_expires)
+        .unwrap_or(DEFAULT_EXPIRES);
+        if expires == 0 {
+            continue;
+        }
+        out.extend_from_slice(b"Contact: <");
+        put_unfolded(out, na.uri);
+        out.push(b'>');
+        for (name, value) in params(na.params) {
+            if name.eq_ignore_ascii_case(b"expires") {
+                continue;
+            }
+            out.push(b';');
+            put_unfolded(out, name);
+            if let Some(v) = value {
+                out.push(b'=');
+                put_unfolded(out, v);
+            }
+        }
+        out.extend_from_slice(b";expires=");
+        out.extend_from_slice(itoa::Buffer::new().format(expires).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::scan::scan;
+
+    fn src() -> SocketAddr {
+        "203.0.113.7:40000".parse().unwrap()
+    }
+
+    #[test]
+    fn copies_vias_in_order_and_marks_the_top_one() {
+        let req = scan(
+            b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport;received=1.1.1.1, \
+SIP/2.0/TCP b;branch=z9hG4bKb\r\nVia: SIP/2.0/UDP c\r\n ;branch=z9hG4bKc\r\nFrom: <sip:a@h>;tag=f\r\n\
+To: <sip:b@h>\r\nCall-ID: cid\r\nCSeq: 7 OPTIONS\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        start_response(&mut out, &req, src(), 200, "OK", b"abc");
+        finish_response(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=203.0.113.7;rport=40000\r\n\
+Via: SIP/2.0/TCP b;branch=z9hG4bKb\r\n\
+Via: SIP/2.0/UDP c ;branch=z9hG4bKc\r\n\
+From: <sip:a@h>;tag=f\r\n\
+To: <sip:b@h>;tag=abc\r\n\
+Call-ID: cid\r\n\
+CSeq: 7 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        assert!(scan(text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn keeps_an_existing_to_tag() {
+        let req = scan(b"BYE sip:h SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nTo: <sip:b@h>;tag=x\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        start_response(&mut out, &req, src(), 200, "OK", b"abc");
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("To: <sip:b@h>;tag=x\r\n"));
+    }
+
+    #[test]
+    fn ipv6_source_in_received() {
+        let req =
+            scan(b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:5060;branch=z9hG4bKa\r\n\r\n")
+                .unwrap();
+        let mut out = Vec::new();
+        start_response(
+            &mut out,
+            &req,
+            "[2001:db8::9]:5062".parse().unwrap(),
+            200,
+            "OK",
+            b"t",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(
+            "Via: SIP/2.0/UDP [::1]:5060;branch=z9hG4bKa;received=2001:db8::9;rport=5062\r\n"
+        ));
+    }
+
+    #[test]
+    fn register_contacts_get_their_expiry() {
+        let req = scan(
+            b"REGISTER sip:h SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\
+Contact: <sip:a@1.2.3.4;transport=tcp>;expires=60;+sip.instance=\"<urn:uuid:1>\", sip:a@5.6.7.8;q=0.5\r\n\
+Contact: <sip:gone@h>;expires=0\r\nExpires: 120\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        put_register_contacts(&mut out, &req);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Contact: <sip:a@1.2.3.4;transport=tcp>;+sip.instance=\"<urn:uuid:1>\";expires=60\r\n\
+Contact: <sip:a@5.6.7.8>;q=0.5;expires=120\r\n"
+        );
+        let req = scan(b"REGISTER sip:h SIP/2.0\r\nContact: <sip:a@h>\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        put_register_contacts(&mut out, &req);
+        assert_eq!(out, b"Contact: <sip:a@h>;expires=3600\r\n");
+        let req = scan(b"REGISTER sip:h SIP/2.0\r\nContact: *\r\nExpires: 0\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        put_register_contacts(&mut out, &req);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn reason_phrases() {
+        assert_eq!(reason_phrase(407), "Proxy Authentication Required");
+        assert_eq!(reason_phrase(299), "OK");
+        assert_eq!(reason_phrase(599), "Server Failure");
+    }
+}

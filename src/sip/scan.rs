@@ -1,0 +1,938 @@
+//! Zero-copy scanner for one SIP message held in a byte slice.
+//!
+//! [`scan`] reads the start line and splits the header section into lines, classifying each header by
+//! name (case-insensitive, compact forms equal to long forms, folded continuation lines joined to the
+//! header they continue). It records where each header's name and value lie and nothing else: values
+//! are interpreted lazily by the accessors and by [`crate::sip::addr`]. Up to [`INLINE_HEADERS`]
+//! headers are kept without touching the heap.
+//!
+//! What it does not do: decide whether the message is acceptable (see [`Message::check_request`]),
+//! find message boundaries on a stream (see [`crate::sip::framing`]), or decode bodies.
+
+use memchr::memchr;
+use smallvec::SmallVec;
+
+use super::trim_lws;
+
+/// Headers kept on the stack; a message with more spills to the heap, which is correct but slower.
+pub const INLINE_HEADERS: usize = 40;
+
+/// Why a byte sequence is not a SIP message at all. Such input is dropped, never answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("empty message")]
+    Empty,
+    #[error("malformed start line: {0}")]
+    StartLine(&'static str),
+    #[error("header line without a colon")]
+    NoColon,
+    #[error("header with an empty or invalid name")]
+    BadHeaderName,
+    #[error("continuation line before any header")]
+    OrphanContinuation,
+    #[error("message larger than 4 GiB")]
+    TooLarge,
+}
+
+/// The headers sipward looks at. Everything else is [`HeaderKind::Other`] and kept as raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderKind {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    MaxForwards,
+    Contact,
+    Expires,
+    Authorization,
+    ProxyAuthorization,
+    Route,
+    ContentLength,
+    Other,
+}
+
+impl HeaderKind {
+    /// Classifies a header name; long and compact forms (RFC 3261 7.3.3) are the same kind.
+    #[inline]
+    pub fn classify(name: &[u8]) -> HeaderKind {
+        use HeaderKind::*;
+        let eq = |long: &[u8]| name.eq_ignore_ascii_case(long);
+        match name.len() {
+            1 => match name[0] | 0x20 {
+                b'v' => Via,
+                b'f' => From,
+                b't' => To,
+                b'i' => CallId,
+                b'm' => Contact,
+                b'l' => ContentLength,
+                _ => Other,
+            },
+            2 if eq(b"to") => To,
+            3 if eq(b"via") => Via,
+            4 if eq(b"from") => From,
+            4 if eq(b"cseq") => CSeq,
+            5 if eq(b"route") => Route,
+            7 if eq(b"call-id") => CallId,
+            7 if eq(b"contact") => Contact,
+            7 if eq(b"expires") => Expires,
+            12 if eq(b"max-forwards") => MaxForwards,
+            13 if eq(b"authorization") => Authorization,
+            14 if eq(b"content-length") => ContentLength,
+            19 if eq(b"proxy-authorization") => ProxyAuthorization,
+            _ => Other,
+        }
+    }
+
+    /// Long name, as used in responses and in error reasons.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeaderKind::Via => "Via",
+            HeaderKind::From => "From",
+            HeaderKind::To => "To",
+            HeaderKind::CallId => "Call-ID",
+            HeaderKind::CSeq => "CSeq",
+            HeaderKind::MaxForwards => "Max-Forwards",
+            HeaderKind::Contact => "Contact",
+            HeaderKind::Expires => "Expires",
+            HeaderKind::Authorization => "Authorization",
+            HeaderKind::ProxyAuthorization => "Proxy-Authorization",
+            HeaderKind::Route => "Route",
+            HeaderKind::ContentLength => "Content-Length",
+            HeaderKind::Other => "(other)",
+        }
+    }
+
+    /// Single-valued headers whose index is remembered; a second occurrence makes the request bad.
+    fn single_slot(self) -> Option<usize> {
+        match self {
+            HeaderKind::From => Some(0),
+            HeaderKind::To => Some(1),
+            HeaderKind::CallId => Some(2),
+            HeaderKind::CSeq => Some(3),
+            HeaderKind::MaxForwards => Some(4),
+            HeaderKind::Expires => Some(5),
+            HeaderKind::ContentLength => Some(6),
+            _ => None,
+        }
+    }
+}
+
+const SINGLE_KINDS: [HeaderKind; 7] = [
+    HeaderKind::From,
+    HeaderKind::To,
+    HeaderKind::CallId,
+    HeaderKind::CSeq,
+    HeaderKind::MaxForwards,
+    HeaderKind::Expires,
+    HeaderKind::ContentLength,
+];
+
+/// A byte range of the scanned buffer. `u32` keeps [`Header`] small; messages are capped far below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    #[inline]
+    fn new(start: usize, end: usize) -> Span {
+        // Callers only build spans inside a buffer whose length was checked to fit in u32.
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    #[inline]
+    pub fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        buf.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+}
+
+/// One header line (with its continuation lines when folded).
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub kind: HeaderKind,
+    pub name: Span,
+    /// The value without surrounding white space; may contain CRLF + WSP where the header was folded.
+    pub value: Span,
+    /// The whole header including its name and its line ending(s), for relaying it untouched.
+    pub raw: Span,
+}
+
+/// Request methods sipward tells apart; anything else keeps its bytes in [`StartLine::Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Register,
+    Invite,
+    Ack,
+    Cancel,
+    Bye,
+    Options,
+    Message,
+    Subscribe,
+    Notify,
+    Refer,
+    Info,
+    Update,
+    Prack,
+    Publish,
+    Other,
+}
+
+impl Method {
+    /// Methods are case-sensitive (RFC 3261 7.1).
+    pub fn parse(m: &[u8]) -> Method {
+        match m {
+            b"REGISTER" => Method::Register,
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"CANCEL" => Method::Cancel,
+            b"BYE" => Method::Bye,
+            b"OPTIONS" => Method::Options,
+            b"MESSAGE" => Method::Message,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"NOTIFY" => Method::Notify,
+            b"REFER" => Method::Refer,
+            b"INFO" => Method::Info,
+            b"UPDATE" => Method::Update,
+            b"PRACK" => Method::Prack,
+            b"PUBLISH" => Method::Publish,
+            _ => Method::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine {
+    Request {
+        method: Method,
+        method_span: Span,
+        uri: Span,
+        version: Span,
+    },
+    Response {
+        code: u16,
+        reason: Span,
+    },
+}
+
+/// A scanned message borrowing the buffer it was scanned from.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    buf: &'a [u8],
+    pub start: StartLine,
+    headers: SmallVec<[Header; INLINE_HEADERS]>,
+    /// Index + 1 of the first occurrence of each single-valued header (0 = absent).
+    single: [u16; 7],
+    /// Bit i set: the single-valued header in slot i occurs more than once.
+    duplicates: u8,
+    /// Everything after the blank line that ends the headers.
+    after_headers: Span,
+}
+
+/// Why a request cannot be processed although it can be answered: the reason phrase of a 400 (or the
+/// status of another final response), naming the problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Problem {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Problem {
+    const fn bad(reason: &'static str) -> Problem {
+        Problem { code: 400, reason }
+    }
+}
+
+/// Scans one message. Bytes after the header section are the body (see [`Message::body`]).
+pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
+    if buf.len() > u32::MAX as usize {
+        return Err(ScanError::TooLarge);
+    }
+    // RFC 3261 7.5: ignore CRLFs before the start line (keep-alives on streams, sloppy senders).
+    let mut pos = 0;
+    while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
+        pos += 1;
+    }
+    if pos == buf.len() {
+        return Err(ScanError::Empty);
+    }
+    let (line, next) = line_at(buf, pos);
+    let start = start_line(buf, line)?;
+    pos = next;
+
+    let mut msg = Message {
+        buf,
+        start,
+        headers: SmallVec::new(),
+        single: [0; 7],
+        duplicates: 0,
+        after_headers: Span::new(buf.len(), buf.len()),
+    };
+    while pos < buf.len() {
+        let (line, next) = line_at(buf, pos);
+        if line.0 == line.1 {
+            msg.after_headers = Span::new(next, buf.len());
+            break;
+        }
+        let first = buf[line.0];
+        if first == b' ' || first == b'\t' {
+            let last = msg
+                .headers
+                .last_mut()
+                .ok_or(ScanError::OrphanContinuation)?;
+            if let Some((cs, ce)) = content_bounds(&buf[line.0..line.1]) {
+                // The value now spans the fold; CRLF + WSP inside it reads as white space.
+                if last.value.start == last.value.end {
+                    last.value = Span::new(line.0 + cs, line.0 + ce);
+                } else {
+                    last.value.end = (line.0 + ce) as u32;
+                }
+            }
+            last.raw.end = next as u32;
+        } else {
+            let colon = memchr(b':', &buf[line.0..line.1]).ok_or(ScanError::NoColon)? + line.0;
+            let name = trim_lws(&buf[line.0..colon]);
+            if name.is_empty() || name.iter().any(|&b| b <= b' ' || b >= 0x7f) {
+                return Err(ScanError::BadHeaderName);
+            }
+            let kind = HeaderKind::classify(name);
+            let (vs, ve) = content_bounds(&buf[colon + 1..line.1]).unwrap_or((0, 0));
+            let (vstart, vend) = (colon + 1 + vs, colon + 1 + ve);
+            let header = Header {
+                kind,
+                name: Span::new(line.0, line.0 + name.len()),
+                value: Span::new(vstart, vend),
+                raw: Span::new(line.0, next),
+            };
+            if let Some(slot) = kind.single_slot() {
+                if msg.single[slot] == 0 {
+                    msg.single[slot] = u16::try_from(msg.headers.len() + 1).unwrap_or(u16::MAX);
+                } else {
+                    msg.duplicates |= 1 << slot;
+                }
+            }
+            msg.headers.push(header);
+        }
+        pos = next;
+    }
+    Ok(msg)
+}
+
+/// Start and end of `s` without surrounding white space; `None` when it is all white space.
+#[inline]
+fn content_bounds(s: &[u8]) -> Option<(usize, usize)> {
+    let start = s.iter().position(|&b| !super::is_lws(b))?;
+    let end = s.iter().rposition(|&b| !super::is_lws(b))? + 1;
+    Some((start, end))
+}
+
+/// The line starting at `pos`: (start, end without CR/LF) and where the next line starts.
+/// A bare LF ends a line too; RFC 3261 asks for CRLF but senders in the wild use LF alone.
+#[inline]
+fn line_at(buf: &[u8], pos: usize) -> ((usize, usize), usize) {
+    match memchr(b'\n', &buf[pos..]) {
+        Some(i) => {
+            let lf = pos + i;
+            let end = if lf > pos && buf[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
+            };
+            ((pos, end), lf + 1)
+        }
+        None => ((pos, buf.len()), buf.len()),
+    }
+}
+
+fn start_line(buf: &[u8], (s, e): (usize, usize)) -> Result<StartLine, ScanError> {
+    let line = &buf[s..e];
+    if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
+        let code = line
+            .get(8..11)
+            .ok_or(ScanError::StartLine("no status code"))?;
+        if !code.iter().all(u8::is_ascii_digit) || line.get(11).is_some_and(|&b| b != b' ') {
+            return Err(ScanError::StartLine("status code is not three digits"));
+        }
+        let code = code.iter().fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
+        if !(100..=699).contains(&code) {
+            return Err(ScanError::StartLine("status code out of range"));
+        }
+        let reason = if line.len() > 12 {
+            Span::new(s + 12, e)
+        } else {
+            Span::new(e, e)
+        };
+        return Ok(StartLine::Response { code, reason });
+    }
+    let sp1 = memchr(b' ', line).ok_or(ScanError::StartLine("no request URI"))?;
+    let rest = &line[sp1 + 1..];
+    let sp2 = memchr(b' ', rest).ok_or(ScanError::StartLine("no SIP version"))?;
+    let method = &line[..sp1];
+    let uri = &rest[..sp2];
+    let version = &rest[sp2 + 1..];
+    if method.is_empty() || !method.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(ScanError::StartLine("invalid method"));
+    }
+    if uri.is_empty() || version.is_empty() || memchr(b' ', version).is_some() {
+        return Err(ScanError::StartLine("expected METHOD URI VERSION"));
+    }
+    if !version.starts_with(b"SIP/") && !version.starts_with(b"sip/") {
+        return Err(ScanError::StartLine("not a SIP version"));
+    }
+    Ok(StartLine::Request {
+        method: Method::parse(method),
+        method_span: Span::new(s, s + sp1),
+        uri: Span::new(s + sp1 + 1, s + sp1 + 1 + sp2),
+        version: Span::new(s + sp1 + 2 + sp2, e),
+    })
+}
+
+impl<'a> Message<'a> {
+    /// The buffer this message was scanned from.
+    #[inline]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    #[inline]
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The method, or `None` for a response.
+    #[inline]
+    pub fn method(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The method as sent, or empty for a response.
+    #[inline]
+    pub fn method_bytes(&self) -> &'a [u8] {
+        match self.start {
+            StartLine::Request { method_span, .. } => method_span.of(self.buf),
+            StartLine::Response { .. } => b"",
+        }
+    }
+
+    #[inline]
+    pub fn request_uri(&self) -> Option<&'a [u8]> {
+        match self.start {
+            StartLine::Request { uri, .. } => Some(uri.of(self.buf)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// Every header in order, including the ones sipward does not interpret.
+    #[inline]
+    pub fn headers(&self) -> &[Header] {
+        &self.headers
+    }
+
+    #[inline]
+    pub fn name_of(&self, h: &Header) -> &'a [u8] {
+        h.name.of(self.buf)
+    }
+
+    #[inline]
+    pub fn value_of(&self, h: &Header) -> &'a [u8] {
+        h.value.of(self.buf)
+    }
+
+    /// The first value of a single-valued header (From, To, Call-ID, CSeq, Max-Forwards, Expires,
+    /// Content-Length); for other kinds, the first header line of that kind.
+    #[inline]
+    pub fn first(&self, kind: HeaderKind) -> Option<&'a [u8]> {
+        match kind.single_slot() {
+            Some(slot) => {
+                let i = usize::from(self.single[slot]).checked_sub(1)?;
+                self.headers.get(i).map(|h| h.value.of(self.buf))
+            }
+            None => self
+                .headers
+                .iter()
+                .find(|h| h.kind == kind)
+                .map(|h| h.value.of(self.buf)),
+        }
+    }
+
+    /// Values of every header line of `kind`, in order, without splitting comma-separated lists.
+    #[inline]
+    pub fn lines(&self, kind: HeaderKind) -> impl Iterator<Item = &'a [u8]> + '_ {
+        let buf = self.buf;
+        self.headers
+            .iter()
+            .filter(move |h| h.kind == kind)
+            .map(move |h| h.value.of(buf))
+    }
+
+    /// Every value of a list header (Via, Contact, Route), in order: one per header line and one per
+    /// comma-separated element within a line.
+    #[inline]
+    pub fn values(&self, kind: HeaderKind) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.lines(kind).flat_map(split_list)
+    }
+
+    /// Every Via value in order, top first.
+    #[inline]
+    pub fn vias(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.values(HeaderKind::Via)
+    }
+
+    #[inline]
+    pub fn top_via(&self) -> Option<&'a [u8]> {
+        self.vias().next()
+    }
+
+    /// The header section's end and the body as received (datagrams may carry trailing bytes that
+    /// Content-Length excludes; [`Message::body`] applies it).
+    #[inline]
+    pub fn after_headers(&self) -> &'a [u8] {
+        self.after_headers.of(self.buf)
+    }
+
+    /// Offset where the body starts.
+    #[inline]
+    pub fn body_offset(&self) -> usize {
+        self.after_headers.start as usize
+    }
+
+    /// Content-Length as a number: `Ok(None)` when absent, `Err(())` when not a decimal number.
+    pub fn content_length(&self) -> Result<Option<usize>, ()> {
+        match self.first(HeaderKind::ContentLength) {
+            None => Ok(None),
+            Some(v) => parse_decimal(v).map(Some).ok_or(()),
+        }
+    }
+
+    /// The body as Content-Length delimits it, or everything after the headers when it is absent.
+    pub fn body(&self) -> &'a [u8] {
+        let rest = self.after_headers();
+        match self.content_length() {
+            Ok(Some(n)) if n <= rest.len() => &rest[..n],
+            _ => rest,
+        }
+    }
+
+    /// The header that occurs more than once although it must not, if any.
+    pub fn duplicate(&self) -> Option<HeaderKind> {
+        (0..SINGLE_KINDS.len())
+            .find(|i| self.duplicates & (1 << i) != 0)
+            .map(|i| SINGLE_KINDS[i])
+    }
+
+    /// What a request needs before it can be processed: the headers every response copies (RFC 3261
+    /// 8.1.1) present, parseable and unique. `Err` carries the reason phrase of the 400 to send.
+    pub fn check_request(&self) -> Result<(), Problem> {
+        let StartLine::Request {
+            method, version, ..
+        } = self.start
+        else {
+            return Err(Problem::bad("Not a request"));
+        };
+        if version.of(self.buf) != b"SIP/2.0" {
+            return Err(Problem {
+                code: 505,
+                reason: "Version Not Supported",
+            });
+        }
+        if let Some(kind) = self.duplicate() {
+            return Err(Problem::bad(match kind {
+                HeaderKind::From => "Duplicate From header",
+                HeaderKind::To => "Duplicate To header",
+                HeaderKind::CallId => "Duplicate Call-ID header",
+                HeaderKind::CSeq => "Duplicate CSeq header",
+                HeaderKind::MaxForwards => "Duplicate Max-Forwards header",
+                HeaderKind::Expires => "Duplicate Expires header",
+                _ => "Duplicate Content-Length header",
+            }));
+        }
+        let from = self
+            .first(HeaderKind::From)
+            .ok_or(Problem::bad("Missing From header"))?;
+        if super::parse_name_addr(from)
+            .and_then(|na| super::parse_uri(na.uri))
+            .is_err()
+        {
+            return Err(Problem::bad("Malformed From header"));
+        }
+        let to = self
+            .first(HeaderKind::To)
+            .ok_or(Problem::bad("Missing To header"))?;
+        if super::parse_name_addr(to)
+            .and_then(|na| super::parse_uri(na.uri))
+            .is_err()
+        {
+            return Err(Problem::bad("Malformed To header"));
+        }
+        let call_id = self
+            .first(HeaderKind::CallId)
+            .ok_or(Problem::bad("Missing Call-ID header"))?;
+        if call_id.is_empty() || call_id.iter().any(|&b| super::is_lws(b)) {
+            return Err(Problem::bad("Malformed Call-ID header"));
+        }
+        let cseq = self
+            .first(HeaderKind::CSeq)
+            .ok_or(Problem::bad("Missing CSeq header"))?;
+        let (_, cseq_method) = parse_cseq(cseq).ok_or(Problem::bad("Malformed CSeq header"))?;
+        // ACK and CANCEL carry the CSeq number of the request they refer to but their own method.
+        if cseq_method != self.method_bytes() {
+            return Err(Problem::bad("CSeq method does not match the request"));
+        }
+        if let Some(mf) = self.first(HeaderKind::MaxForwards) {
+            if parse_decimal(mf).is_none_or(|n| n > 255) {
+                return Err(Problem::bad("Malformed Max-Forwards header"));
+            }
+        }
+        if let Some(exp) = self.first(HeaderKind::Expires) {
+            if parse_decimal(exp).is_none_or(|n| n > u32::MAX as usize) {
+                return Err(Problem::bad("Malformed Expires header"));
+            }
+        }
+        match self.content_length() {
+            Err(()) => return Err(Problem::bad("Malformed Content-Length header")),
+            // RFC 3261 18.3: a datagram shorter than its Content-Length is an error.
+            Ok(Some(n)) if n > self.after_headers().len() => {
+                return Err(Problem::bad("Content-Length exceeds the body"))
+            }
+            _ => {}
+        }
+        let _ = method;
+        Ok(())
+    }
+}
+
+/// CSeq value: (sequence number, method).
+pub fn parse_cseq(v: &[u8]) -> Option<(u32, &[u8])> {
+    let v = trim_lws(v);
+    let split = v.iter().position(|&b| super::is_lws(b))?;
+    let num = parse_decimal(&v[..split])?;
+    let method = trim_lws(&v[split..]);
+    if method.is_empty() || method.iter().any(|&b| super::is_lws(b)) {
+        return None;
+    }
+    Some((u32::try_from(num).ok()?, method))
+}
+
+/// A decimal number of at most 10 digits (RFC 3261 caps these values at 2^32 - 1).
+pub fn parse_decimal(v: &[u8]) -> Option<usize> {
+    let v = trim_lws(v);
+    if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0usize, |a, d| a * 10 + usize::from(d - b'0')))
+}
+
+/// Splits a header value at commas that are outside quoted strings and angle brackets; elements are
+/// trimmed and empty ones skipped.
+pub fn split_list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = v;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut quoted = false;
+        let mut angle = false;
+        let mut escaped = false;
+        let mut cut = rest.len();
+        for (i, &b) in rest.iter().enumerate() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match b {
+                b'\\' if quoted => escaped = true,
+                b'"' if !angle => quoted = !quoted,
+                b'<' if !quoted => angle = true,
+                b'>' if !quoted => angle = false,
+                b',' if !quoted && !angle => {
+                    cut = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let item = trim_lws(&rest[..cut]);
+        rest = rest.get(cut + 1..).unwrap_or_default();
+        if !item.is_empty() {
+            return Some(item);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const REGISTER: &[u8] = b"REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+To: \"Alice\" <sip:alice@example.com>\r\n\
+From: \"Alice\" <sip:alice@example.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33.example.com\r\n\
+CSeq: 314159 REGISTER\r\n\
+Contact: <sip:alice@192.0.2.10:5060;transport=udp>;expires=600\r\n\
+Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl\r\n\
+Expires: 600\r\n\
+User-Agent: test\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn request_line_and_headers() {
+        let m = scan(REGISTER).unwrap();
+        assert_eq!(m.method(), Some(Method::Register));
+        assert_eq!(m.request_uri(), Some(&b"sip:example.com"[..]));
+        assert_eq!(
+            m.first(HeaderKind::CallId),
+            Some(&b"a84b4c76e66710@pc33.example.com"[..])
+        );
+        assert_eq!(m.first(HeaderKind::CSeq), Some(&b"314159 REGISTER"[..]));
+        assert_eq!(m.first(HeaderKind::Expires), Some(&b"600"[..]));
+        assert_eq!(m.content_length(), Ok(Some(0)));
+        assert_eq!(m.headers().len(), 11);
+        let other = m
+            .headers()
+            .iter()
+            .find(|h| h.kind == HeaderKind::Other)
+            .unwrap();
+        assert_eq!(m.name_of(other), b"User-Agent");
+        assert_eq!(other.raw.of(REGISTER), b"User-Agent: test\r\n");
+        assert!(m.check_request().is_ok());
+    }
+
+    #[test]
+    fn status_line() {
+        let m = scan(b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\r\n").unwrap();
+        match m.start {
+            StartLine::Response { code, reason } => {
+                assert_eq!(code, 180);
+                assert_eq!(reason.of(m.bytes()), b"Ringing");
+            }
+            _ => panic!("not a response"),
+        }
+        assert!(!m.is_request());
+        assert!(scan(b"SIP/2.0 18x Ringing\r\n\r\n").is_err());
+        assert!(scan(b"SIP/2.0 800 Nope\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn compact_forms_equal_long_forms() {
+        let m = scan(
+            b"INVITE sip:b@h SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\nf: <sip:a@h>;tag=1\r\n\
+t: <sip:b@h>\r\ni: cid\r\nCSeq: 1 INVITE\r\nm: <sip:a@1.2.3.4>\r\nl: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(m.top_via(), Some(&b"SIP/2.0/UDP a;branch=z9hG4bK1"[..]));
+        assert_eq!(m.first(HeaderKind::From), Some(&b"<sip:a@h>;tag=1"[..]));
+        assert_eq!(m.first(HeaderKind::To), Some(&b"<sip:b@h>"[..]));
+        assert_eq!(m.first(HeaderKind::CallId), Some(&b"cid"[..]));
+        assert_eq!(m.first(HeaderKind::Contact), Some(&b"<sip:a@1.2.3.4>"[..]));
+        assert_eq!(m.content_length(), Ok(Some(0)));
+        assert!(m.check_request().is_ok());
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive() {
+        for name in ["call-id", "CALL-ID", "Call-Id", "cAlL-iD"] {
+            assert_eq!(HeaderKind::classify(name.as_bytes()), HeaderKind::CallId);
+        }
+        assert_eq!(
+            HeaderKind::classify(b"PROXY-authorization"),
+            HeaderKind::ProxyAuthorization
+        );
+        assert_eq!(HeaderKind::classify(b"V"), HeaderKind::Via);
+        assert_eq!(HeaderKind::classify(b"X-Via"), HeaderKind::Other);
+    }
+
+    #[test]
+    fn folded_header_is_joined_to_the_previous_one() {
+        let m = scan(
+            b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nSubject: I know\r\n  you're there\r\n\
+From: <sip:a@h>\r\n ;tag=9\r\nTo:\r\n\t<sip:b@h>\r\nCall-ID: c\r\nCSeq: 2 OPTIONS\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.first(HeaderKind::From),
+            Some(&b"<sip:a@h>\r\n ;tag=9"[..])
+        );
+        assert_eq!(m.first(HeaderKind::To), Some(&b"<sip:b@h>"[..]));
+        let subj = m
+            .headers()
+            .iter()
+            .find(|h| h.kind == HeaderKind::Other)
+            .unwrap();
+        assert_eq!(m.value_of(subj), b"I know\r\n  you're there");
+        assert!(m.check_request().is_ok());
+    }
+
+    #[test]
+    fn continuation_before_any_header_is_an_error() {
+        assert_eq!(
+            scan(b"OPTIONS sip:h SIP/2.0\r\n folded: x\r\n\r\n").unwrap_err(),
+            ScanError::OrphanContinuation
+        );
+    }
+
+    #[test]
+    fn via_values_in_order_across_lines_and_commas() {
+        let m = scan(
+            b"BYE sip:h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TCP b;branch=z9hG4bK2\r\n\
+Via: SIP/2.0/UDP c;branch=z9hG4bK3;x=\"q,uoted\"\r\nv: SIP/2.0/UDP d;branch=z9hG4bK4\r\n\r\n",
+        )
+        .unwrap();
+        let vias: Vec<&[u8]> = m.vias().collect();
+        assert_eq!(
+            vias,
+            vec![
+                &b"SIP/2.0/UDP a;branch=z9hG4bK1"[..],
+                b"SIP/2.0/TCP b;branch=z9hG4bK2",
+                b"SIP/2.0/UDP c;branch=z9hG4bK3;x=\"q,uoted\"",
+                b"SIP/2.0/UDP d;branch=z9hG4bK4",
+            ]
+        );
+    }
+
+    #[test]
+    fn bare_lf_line_endings_are_accepted() {
+        let m = scan(b"OPTIONS sip:h SIP/2.0\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\nCall-ID: x\n\n")
+            .unwrap();
+        assert_eq!(m.first(HeaderKind::CallId), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn leading_crlf_is_skipped() {
+        let m = scan(b"\r\n\r\nOPTIONS sip:h SIP/2.0\r\nCall-ID: x\r\n\r\n").unwrap();
+        assert_eq!(m.method(), Some(Method::Options));
+    }
+
+    #[test]
+    fn body_is_delimited_by_content_length() {
+        let m = scan(b"MESSAGE sip:h SIP/2.0\r\nContent-Length: 5\r\n\r\nhello-trailing").unwrap();
+        assert_eq!(m.body(), b"hello");
+        let m = scan(b"MESSAGE sip:h SIP/2.0\r\n\r\nall of it").unwrap();
+        assert_eq!(m.body(), b"all of it");
+    }
+
+    #[test]
+    fn structural_errors() {
+        assert_eq!(scan(b"").unwrap_err(), ScanError::Empty);
+        assert_eq!(scan(b"\r\n\r\n").unwrap_err(), ScanError::Empty);
+        assert!(matches!(
+            scan(b"REGISTER\r\n\r\n"),
+            Err(ScanError::StartLine(_))
+        ));
+        assert!(matches!(
+            scan(b"REGISTER sip:h\r\n\r\n"),
+            Err(ScanError::StartLine(_))
+        ));
+        assert!(matches!(
+            scan(b"REGISTER sip:h HTTP/1.1\r\n\r\n"),
+            Err(ScanError::StartLine(_))
+        ));
+        assert_eq!(
+            scan(b"REGISTER sip:h SIP/2.0\r\nNoColonHere\r\n\r\n").unwrap_err(),
+            ScanError::NoColon
+        );
+        assert_eq!(
+            scan(b"REGISTER sip:h SIP/2.0\r\n: empty\r\n\r\n").unwrap_err(),
+            ScanError::BadHeaderName
+        );
+    }
+
+    fn problem(msg: &[u8]) -> &'static str {
+        scan(msg).unwrap().check_request().unwrap_err().reason
+    }
+
+    const VIA: &str = "Via: SIP/2.0/UDP a;branch=z9hG4bK1\r\n";
+
+    #[test]
+    fn missing_or_broken_headers_name_the_problem() {
+        let base = |hdrs: &str| format!("REGISTER sip:h SIP/2.0\r\n{VIA}{hdrs}\r\n").into_bytes();
+        let full = "From: <sip:a@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n";
+        assert!(scan(&base(full)).unwrap().check_request().is_ok());
+        let without = |name: &str| {
+            full.split("\r\n")
+                .filter(|l| !l.is_empty() && !l.starts_with(name))
+                .map(|l| format!("{l}\r\n"))
+                .collect::<String>()
+        };
+        assert_eq!(problem(&base(&without("From"))), "Missing From header");
+        assert_eq!(problem(&base(&without("To"))), "Missing To header");
+        assert_eq!(
+            problem(&base(&without("Call-ID"))),
+            "Missing Call-ID header"
+        );
+        assert_eq!(problem(&base(&without("CSeq"))), "Missing CSeq header");
+        let replace = |from: &str, to: &str| base(&full.replace(from, to));
+        assert_eq!(
+            problem(&replace("<sip:a@h>;tag=1", "<sip:a@h")),
+            "Malformed From header"
+        );
+        assert_eq!(
+            problem(&replace("To: <sip:a@h>", "To: <http://x>")),
+            "Malformed To header"
+        );
+        assert_eq!(
+            problem(&replace("1 REGISTER", "x REGISTER")),
+            "Malformed CSeq header"
+        );
+        assert_eq!(
+            problem(&replace("1 REGISTER", "1 INVITE")),
+            "CSeq method does not match the request"
+        );
+        assert_eq!(
+            problem(&replace("1 REGISTER", "99999999999 REGISTER")),
+            "Malformed CSeq header"
+        );
+        assert_eq!(
+            problem(&base(&format!("{full}To: <sip:b@h>\r\n"))),
+            "Duplicate To header"
+        );
+        assert_eq!(
+            problem(&base(&format!("{full}Max-Forwards: abc\r\n"))),
+            "Malformed Max-Forwards header"
+        );
+        assert_eq!(
+            problem(&base(&format!("{full}Content-Length: 10\r\n"))),
+            "Content-Length exceeds the body"
+        );
+        assert_eq!(
+            problem(&base(&format!("{full}Content-Length: -1\r\n"))),
+            "Malformed Content-Length header"
+        );
+        let v3 = format!("REGISTER sip:h SIP/3.0\r\n{VIA}{full}\r\n");
+        assert_eq!(
+            scan(v3.as_bytes())
+                .unwrap()
+                .check_request()
+                .unwrap_err()
+                .code,
+            505
+        );
+    }
+
+    #[test]
+    fn many_headers_spill_but_still_scan() {
+        let mut msg = b"OPTIONS sip:h SIP/2.0\r\n".to_vec();
+        for i in 0..200 {
+            msg.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+        }
+        msg.extend_from_slice(b"Call-ID: last\r\n\r\n");
+        let m = scan(&msg).unwrap();
+        assert_eq!(m.headers().len(), 201);
+        assert_eq!(m.first(HeaderKind::CallId), Some(&b"last"[..]));
+    }
+
+    #[test]
+    fn split_list_respects_quotes_and_brackets() {
+        let v: Vec<&[u8]> = split_list(b"\"a, b\" <sip:x@h;p=1,2>;q=1 , <sip:y@h>,,").collect();
+        assert_eq!(v, vec![&b"\"a, b\" <sip:x@h;p=1,2>;q=1"[..], b"<sip:y@h>"]);
+    }
+}

@@ -1,1 +1,76 @@
-fn main() {}
+//! The `sipward` command: parse the command line, load and validate the configuration, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "sipward",
+    version,
+    about = "Sharded SIP authenticator for OAuth 2.0 bearer tokens"
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration (and the files it names) and exit.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(path) = cli.config else {
+        eprintln!("sipward: --config FILE is required");
+        return ExitCode::from(2);
+    };
+    let cfg = match sipward::config::Config::load(&path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("sipward: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => match sipward::shard::Shared::from_config(&cfg) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sipward: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match sipward::shard::Server::start(&cfg) {
+            Ok(server) => {
+                server.wait();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sipward: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

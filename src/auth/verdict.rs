@@ -320,6 +320,13 @@ mod tests {
         );
     }
 
+    /// (outcome, rfc8898 (code, error, retry-after), oracle (code, error, retry-after))
+    type Row = (
+        Outcome,
+        (u16, Option<&'static str>, bool),
+        (u16, Option<&'static str>, bool),
+    );
+
     /// Every row of the profile table, both columns.
     #[test]
     fn profile_table() {
@@ -328,11 +335,7 @@ mod tests {
             profile: Profile::Oracle,
             ..Policy::default()
         };
-        let rows: &[(
-            Outcome,
-            (u16, Option<&str>, bool),
-            (u16, Option<&str>, bool),
-        )] = &[
+        let rows: &[Row] = &[
             (
                 Outcome::NoCredentials,
                 (401, None, false),

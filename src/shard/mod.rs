@@ -1,1 +1,250 @@
+//! The I/O layer: one thread per shard, each pinned to a core with its own monoio runtime (io_uring or
+//! epoll) and its own UDP socket and TCP listener per configured address, all bound with SO_REUSEPORT
+//! so the kernel spreads clients over shards. Shards share only [`Shared`] (the engine and the token
+//! service); everything else a shard owns.
+//!
+//! This layer makes no decisions about SIP or tokens: it moves bytes between sockets and
+//! [`crate::auth::Engine`].
 
+pub mod driver;
+pub mod process;
+pub mod stats;
+pub mod tcp;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::Engine;
+use crate::config::{Config, ServerConfig};
+use crate::token::{StaticTokens, TokenHasher, TokenService, TokenSource};
+
+pub use driver::Driver;
+use process::ShardCtx;
+use stats::ShardStats;
+
+/// What every shard reads.
+pub struct Shared {
+    pub engine: Engine,
+    pub tokens: TokenService,
+    pub server: ServerConfig,
+}
+
+impl Shared {
+    /// Builds the engine and the token service from a validated configuration; loads token files.
+    pub fn from_config(cfg: &Config) -> Result<Shared, crate::config::ConfigError> {
+        let source: Option<Arc<dyn TokenSource>> = match &cfg.static_tokens {
+            Some(path) => {
+                let st = StaticTokens::load(path)?;
+                tracing::info!(tokens = st.len(), file = %path.display(), "static token source loaded");
+                Some(Arc::new(st))
+            }
+            None => None,
+        };
+        Ok(Shared {
+            engine: Engine::new(
+                cfg.policy.clone(),
+                cfg.respond_status,
+                crate::token::random_keys(),
+            ),
+            tokens: TokenService::new(source, &cfg.cache, TokenHasher::random()),
+            server: cfg.server.clone(),
+        })
+    }
+}
+
+/// The sockets of one shard, bound and ready to hand to its runtime.
+#[derive(Default)]
+pub struct ShardSockets {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<std::net::TcpListener>,
+}
+
+/// Where the server listens, with ports resolved (a configured port 0 becomes the one the kernel chose).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+}
+
+fn udp_socket(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // The kernel caps this at net.core.rmem_max; see tuning/README.md.
+    let _ = s.set_recv_buffer_size(recv_buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Binds every shard's sockets. The first shard's socket fixes the port when the configured one is 0,
+/// so that all shards share one port.
+pub fn bind(server: &ServerConfig) -> std::io::Result<(Vec<ShardSockets>, Bound)> {
+    let mut shards: Vec<ShardSockets> = (0..server.shards)
+        .map(|_| ShardSockets::default())
+        .collect();
+    let mut bound = Bound::default();
+    let with_addr = |e: std::io::Error, what: &str, a: SocketAddr| {
+        std::io::Error::new(e.kind(), format!("{what} {a}: {e}"))
+    };
+    for &addr in &server.udp {
+        let mut actual = addr;
+        for shard in shards.iter_mut() {
+            let s = udp_socket(actual, server.udp_recv_buffer)
+                .map_err(|e| with_addr(e, "udp", actual))?;
+            actual = s.local_addr()?;
+            shard.udp.push(s);
+        }
+        bound.udp.push(actual);
+    }
+    for &addr in &server.tcp {
+        let mut actual = addr;
+        for shard in shards.iter_mut() {
+            let l = tcp_listener(actual).map_err(|e| with_addr(e, "tcp", actual))?;
+            actual = l.local_addr()?;
+            shard.tcp.push(l);
+        }
+        bound.tcp.push(actual);
+    }
+    Ok((shards, bound))
+}
+
+/// A running server: its shard threads and counters.
+pub struct Server {
+    pub bound: Bound,
+    pub driver: Driver,
+    pub stats: Vec<Arc<ShardStats>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds, starts every shard, and returns once each has its runtime and sockets registered.
+    pub fn start(cfg: &Config) -> anyhow::Result<Server> {
+        let (driver, fallback) = driver::choose(cfg.server.io)
+            .map_err(|why| anyhow::anyhow!("server.io = \"io_uring\": {why}"))?;
+        if let Some(why) = fallback {
+            tracing::warn!("io_uring unavailable, using epoll: {why}");
+        }
+        let shared = Arc::new(Shared::from_config(cfg)?);
+        let (sockets, bound) = bind(&cfg.server)?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut threads = Vec::new();
+        let mut stats = Vec::new();
+        for (id, socks) in sockets.into_iter().enumerate() {
+            let shard_stats = Arc::new(ShardStats::default());
+            stats.push(shard_stats.clone());
+            let shared = shared.clone();
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("sipward-shard-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let ctx = Rc::new(ShardCtx {
+                        id,
+                        shared,
+                        stats: shard_stats,
+                        pending: Default::default(),
+                        tcp_conns: Default::default(),
+                    });
+                    let result = match driver {
+                        Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                            .enable_timer()
+                            .build()
+                            .map(|mut rt| rt.block_on(shard_main(ctx, socks, ready.clone()))),
+                        Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                            .enable_timer()
+                            .build()
+                            .map(|mut rt| rt.block_on(shard_main(ctx, socks, ready.clone()))),
+                    };
+                    if let Err(e) = result {
+                        let _ = ready.send(Err(format!(
+                            "shard {id}: cannot build the {} runtime: {e}",
+                            driver.name()
+                        )));
+                    }
+                })?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        for _ in 0..threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => anyhow::bail!(e),
+                Err(_) => anyhow::bail!("a shard stopped while starting"),
+            }
+        }
+        for a in &bound.udp {
+            tracing::info!("listening on udp {a}");
+        }
+        for a in &bound.tcp {
+            tracing::info!("listening on tcp {a}");
+        }
+        tracing::info!(shards = threads.len(), io = driver.name(), "sipward ready");
+        Ok(Server {
+            bound,
+            driver,
+            stats,
+            threads,
+        })
+    }
+
+    /// Blocks until every shard thread ends (they run until the process exits).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn shard_main(
+    ctx: Rc<ShardCtx>,
+    socks: ShardSockets,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mut tasks = Vec::new();
+    for s in socks.udp {
+        match monoio::net::udp::UdpSocket::from_std(s) {
+            Ok(sock) => tasks.push(monoio::spawn(udp::serve(sock, ctx.clone()))),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {}: udp socket: {e}", ctx.id)));
+                return;
+            }
+        }
+    }
+    for l in socks.tcp {
+        match monoio::net::TcpListener::from_std(l) {
+            Ok(listener) => tasks.push(monoio::spawn(tcp::serve(listener, ctx.clone()))),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {}: tcp listener: {e}", ctx.id)));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    for t in tasks {
+        t.await;
+    }
+}

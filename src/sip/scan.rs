@@ -221,7 +221,7 @@ pub enum StartLine {
 }
 
 /// A scanned message borrowing the buffer it was scanned from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Message<'a> {
     buf: &'a [u8],
     pub start: StartLine,
@@ -233,6 +233,10 @@ pub struct Message<'a> {
     /// Everything after the blank line that ends the headers.
     after_headers: Span,
 }
+
+/// A header that should hold a decimal number does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadNumber;
 
 /// Why a request cannot be processed although it can be answered: the reason phrase of a 400 (or the
 /// status of another final response), naming the problem.
@@ -392,6 +396,21 @@ fn start_line(buf: &[u8], (s, e): (usize, usize)) -> Result<StartLine, ScanError
     })
 }
 
+/// Shows the start line and header names only: header values may hold bearer tokens.
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self
+            .headers
+            .iter()
+            .map(|h| String::from_utf8_lossy(h.name.of(self.buf)))
+            .collect();
+        f.debug_struct("Message")
+            .field("start", &self.start)
+            .field("headers", &names)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> Message<'a> {
     /// The buffer this message was scanned from.
     #[inline]
@@ -504,11 +523,11 @@ impl<'a> Message<'a> {
         self.after_headers.start as usize
     }
 
-    /// Content-Length as a number: `Ok(None)` when absent, `Err(())` when not a decimal number.
-    pub fn content_length(&self) -> Result<Option<usize>, ()> {
+    /// Content-Length as a number: `Ok(None)` when absent, `Err` when not a decimal number.
+    pub fn content_length(&self) -> Result<Option<usize>, BadNumber> {
         match self.first(HeaderKind::ContentLength) {
             None => Ok(None),
-            Some(v) => parse_decimal(v).map(Some).ok_or(()),
+            Some(v) => parse_decimal(v).map(Some).ok_or(BadNumber),
         }
     }
 
@@ -597,7 +616,7 @@ impl<'a> Message<'a> {
             }
         }
         match self.content_length() {
-            Err(()) => return Err(Problem::bad("Malformed Content-Length header")),
+            Err(BadNumber) => return Err(Problem::bad("Malformed Content-Length header")),
             // RFC 3261 18.3: a datagram shorter than its Content-Length is an error.
             Ok(Some(n)) if n > self.after_headers().len() => {
                 return Err(Problem::bad("Content-Length exceeds the body"))
@@ -705,6 +724,13 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(m.name_of(other), b"User-Agent");
         assert_eq!(other.raw.of(REGISTER), b"User-Agent: test\r\n");
         assert!(m.check_request().is_ok());
+    }
+
+    #[test]
+    fn debug_output_holds_no_header_values() {
+        let shown = format!("{:?}", scan(REGISTER).unwrap());
+        assert!(shown.contains("Authorization"));
+        assert!(!shown.contains("eyJ"), "{shown}");
     }
 
     #[test]

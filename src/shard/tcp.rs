@@ -1,0 +1,172 @@
+//! A shard's TCP side: accept within the per-shard connection cap, then per connection frame
+//! messages by Content-Length, answer keep-alive pings, and write responses in order of completion.
+//!
+//! Each connection has a reader task (this module's `connection`) and a writer task fed by a bounded
+//! channel, so a response that waited for the token source can be written while the reader goes on,
+//! and a peer that stops reading slows its own reader down instead of growing a queue.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::{TcpListener, TcpStream};
+
+use super::process::{process, Handled, ReplyTo, ShardCtx};
+use super::stats::bump;
+use crate::auth::Done;
+use crate::sip::framing::{next_frame, Frame};
+
+/// Responses queued for one connection's writer before its reader waits.
+const WRITE_QUEUE: usize = 256;
+const READ_CHUNK: usize = 16 * 1024;
+
+pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if ctx.tcp_conns.get() >= ctx.shared.server.tcp_max_connections {
+                    bump(&ctx.stats.tcp_refused);
+                    tracing::debug!(shard = ctx.id, %peer, "tcp connection refused: shard at its connection cap");
+                    drop(stream);
+                    continue;
+                }
+                ctx.tcp_conns.set(ctx.tcp_conns.get() + 1);
+                bump(&ctx.stats.tcp_open);
+                let ctx = ctx.clone();
+                monoio::spawn(async move {
+                    connection(stream, peer, &ctx).await;
+                    ctx.tcp_conns.set(ctx.tcp_conns.get() - 1);
+                    let open = &ctx.stats.tcp_open;
+                    open.store(
+                        open.load(std::sync::atomic::Ordering::Relaxed) - 1,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning on the error.
+                tracing::warn!(shard = ctx.id, error = %e, "tcp accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = local_sync::mpsc::bounded::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writer = monoio::spawn(async move {
+        while let Some(mut data) = rx.recv().await {
+            while let Ok(more) = rx.try_recv() {
+                data.extend_from_slice(&more);
+            }
+            let (res, _) = wr.write_all(data).await;
+            if res.is_err() {
+                break;
+            }
+        }
+    });
+
+    let max = ctx.shared.server.max_message_size;
+    let idle = Duration::from_secs(ctx.shared.server.tcp_idle_timeout_s);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(2048);
+    let mut batch: Vec<u8> = Vec::new();
+    'conn: loop {
+        let mut pos = 0;
+        let mut close = false;
+        loop {
+            match next_frame(&buf[pos..], max) {
+                Frame::Incomplete => break,
+                Frame::Skip(n) => pos += n,
+                Frame::Ping(n) => {
+                    pos += n;
+                    batch.extend_from_slice(b"\r\n");
+                }
+                Frame::Message(n) => {
+                    let msg = &buf[pos..pos + n];
+                    pos += n;
+                    if process(ctx, msg, peer, &mut out, || ReplyTo::Tcp(tx.clone()))
+                        == Handled::Reply
+                    {
+                        batch.extend_from_slice(&out);
+                    }
+                }
+                Frame::TooLarge => {
+                    bump(&ctx.stats.dropped_oversize);
+                    let head = &buf[pos..buf.len().min(pos + max)];
+                    let done = ctx.shared.engine.too_large(head, peer, &mut out);
+                    framing_reply(ctx, done, &out, &mut batch);
+                    close = true;
+                    break;
+                }
+                Frame::MissingContentLength(h) | Frame::BadContentLength(h) => {
+                    let reason =
+                        if matches!(next_frame(&buf[pos..], max), Frame::MissingContentLength(_)) {
+                            "Missing Content-Length header"
+                        } else {
+                            "Malformed Content-Length header"
+                        };
+                    let done =
+                        ctx.shared
+                            .engine
+                            .bad_framing(&buf[pos..pos + h], reason, peer, &mut out);
+                    framing_reply(ctx, done, &out, &mut batch);
+                    // Without a length the next message's start is unknown: the stream is lost.
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+            break 'conn;
+        }
+        if close {
+            break 'conn;
+        }
+        buf.drain(..pos);
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let len = buf.len();
+        let read = monoio::time::timeout(idle, rd.read(buf.slice_mut(len..))).await;
+        match read {
+            Err(_) => {
+                tracing::debug!(shard = ctx.id, %peer, "tcp connection idle, closing");
+                // The cancelled read took the buffer with it; nothing more is read on this stream.
+                break 'conn;
+            }
+            Ok((Ok(0), _)) => break 'conn,
+            Ok((Ok(_), slice)) => buf = slice.into_inner(),
+            Ok((Err(e), _)) => {
+                tracing::debug!(shard = ctx.id, %peer, error = %e, "tcp read failed");
+                break 'conn;
+            }
+        }
+    }
+    drop(tx);
+    // The writer ends once every queued and deferred response is written.
+    writer.await;
+    // SAFETY: `fd` belongs to the stream whose halves are still alive here; shutdown does not close
+    // it, it only tells the peer we are done and ends any read still pending in the kernel.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+    drop(rd);
+}
+
+fn framing_reply(ctx: &ShardCtx, done: Done, out: &[u8], batch: &mut Vec<u8>) {
+    match done {
+        Done::Replied { .. } => {
+            bump(&ctx.stats.replied);
+            batch.extend_from_slice(out);
+        }
+        Done::Silent => {}
+        Done::Dropped(why) => ctx.stats.dropped(why),
+    }
+}

@@ -1,5 +1,6 @@
 //! The `sipward` command: parse the command line, load and validate the configuration, run.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let Some(path) = cli.config else {
         eprintln!("sipward: --config FILE is required");

@@ -18,7 +18,16 @@ impl Driver {
 }
 
 /// Why io_uring cannot be used here, or `Ok` when a ring can be set up.
+///
+/// The probe ring lives on a thread of its own: tearing a ring down queues kernel task work on the
+/// thread that owned it, which can interrupt that thread's next blocking call with EINTR.
 pub fn probe_io_uring() -> Result<(), String> {
+    std::thread::spawn(probe_here)
+        .join()
+        .unwrap_or_else(|_| Err("io_uring probe panicked".into()))
+}
+
+fn probe_here() -> Result<(), String> {
     match io_uring::IoUring::new(8) {
         Ok(_) => Ok(()),
         Err(e) => {

@@ -139,13 +139,17 @@ pub struct Server {
 impl Server {
     /// Binds, starts every shard, and returns once each has its runtime and sockets registered.
     pub fn start(cfg: &Config) -> anyhow::Result<Server> {
-        let (driver, fallback) = driver::choose(cfg.server.io)
+        Server::start_with(Arc::new(Shared::from_config(cfg)?))
+    }
+
+    /// Starts the server around prepared shared state (a token source of the caller's choosing).
+    pub fn start_with(shared: Arc<Shared>) -> anyhow::Result<Server> {
+        let (driver, fallback) = driver::choose(shared.server.io)
             .map_err(|why| anyhow::anyhow!("server.io = \"io_uring\": {why}"))?;
         if let Some(why) = fallback {
             tracing::warn!("io_uring unavailable, using epoll: {why}");
         }
-        let shared = Arc::new(Shared::from_config(cfg)?);
-        let (sockets, bound) = bind(&cfg.server)?;
+        let (sockets, bound) = bind(&shared.server)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::new();

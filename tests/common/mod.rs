@@ -1,0 +1,261 @@
+//! Shared harness for integration tests: start the real `sipward` binary on ephemeral loopback
+//! ports with a generated configuration, and talk SIP to it over UDP and TCP.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The I/O drivers every I/O test runs under.
+pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
+
+pub const TOKENS: &str = r#"
+[[tokens]]
+token = "alice-token"
+username = "alice"
+scope = "sip"
+
+[[tokens]]
+token = "bob-token"
+username = "bob@example.com"
+
+[[tokens]]
+token = "expired-token"
+username = "alice"
+expires = "2001-01-01T00:00:00Z"
+"#;
+
+pub struct Sipward {
+    child: Child,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub io: String,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sipward {
+    /// Starts sipward with `extra` TOML appended to a base configuration (one shard, `io` driver,
+    /// UDP and TCP on 127.0.0.1 ephemeral ports, the static tokens above).
+    pub fn start(io: &str, extra: &str) -> Sipward {
+        Sipward::start_with(io, extra, "shards = 1")
+    }
+
+    pub fn start_with(io: &str, extra: &str, server_extra: &str) -> Sipward {
+        let config = format!(
+            "[server]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nio = \"{io}\"\nrealm = \"example.com\"\n{server_extra}\n\
+             [static_tokens]\nfile = \"tokens.toml\"\n{extra}\n"
+        );
+        Sipward::launch(io, &config, &[("tokens.toml", TOKENS)])
+    }
+
+    /// Starts sipward on a complete configuration, with `files` written beside it. The configuration
+    /// must listen on ephemeral ports; `io` is the driver the test expects it to run.
+    pub fn launch(io: &str, config: &str, files: &[(&str, &str)]) -> Sipward {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let path = dir.path().join("sipward.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sipward");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        let (mut udp, mut tcp, mut driver) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while driver.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "sipward did not become ready; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+            if let Some(a) = line.split("listening on udp ").nth(1) {
+                udp = Some(a.trim().parse().unwrap());
+            } else if let Some(a) = line.split("listening on tcp ").nth(1) {
+                tcp = Some(a.trim().parse().unwrap());
+            } else if line.contains("sipward ready") {
+                driver = line
+                    .split("io=\"")
+                    .nth(1)
+                    .map(|s| s.trim_end_matches('"').to_string());
+            }
+        }
+        let io_used = driver.unwrap();
+        if io != "auto" {
+            assert_eq!(io_used, io, "sipward runs the driver the test asked for");
+        }
+        Sipward {
+            child,
+            udp: udp.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            tcp: tcp.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            io: io_used,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sipward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A REGISTER for `user` at example.com over `transport` with the given Authorization line (or none).
+pub fn register(user: &str, call_id: &str, transport: &str, auth: Option<&str>) -> String {
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:example.com SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} 127.0.0.1:5999;branch=z9hG4bK-{call_id};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@example.com>;tag=t-{call_id}\r\n\
+         To: <sip:{user}@example.com>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:{user}@127.0.0.1:5999>;expires=600\r\n\
+         {auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+pub fn udp_client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Sends one datagram and returns the response text.
+pub fn udp_exchange(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+    sock.send_to(msg.as_bytes(), to).unwrap();
+    let mut buf = [0u8; 65536];
+    let (n, from) = sock.recv_from(&mut buf).expect("a response over UDP");
+    assert_eq!(
+        from, to,
+        "the response comes from the address the request went to"
+    );
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+/// Whether a datagram arrives within `wait`.
+pub fn udp_silent(sock: &UdpSocket, wait: Duration) -> bool {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 65536];
+    let silent = sock.recv_from(&mut buf).is_err();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    silent
+}
+
+pub fn tcp_client(to: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads `count` whole SIP messages (framed by Content-Length) from a stream, skipping CRLF pongs.
+pub fn tcp_read_messages(s: &mut TcpStream, count: usize) -> Vec<String> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < count {
+        while buf.starts_with(b"\r\n") {
+            buf.drain(..2);
+        }
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let cl: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("responses carry Content-Length");
+            if buf.len() >= end + 4 + cl {
+                out.push(String::from_utf8(buf.drain(..end + 4 + cl).collect()).unwrap());
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).expect("read a response over TCP");
+        assert!(
+            n > 0,
+            "connection closed after {} of {count} messages",
+            out.len()
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+pub fn tcp_write(s: &mut TcpStream, bytes: &[u8]) {
+    s.write_all(bytes).unwrap();
+}
+
+/// Whether the peer closed the stream (read returns 0 or a reset) within `wait`.
+pub fn tcp_closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut chunk = [0u8; 8192];
+    let start = Instant::now();
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return start.elapsed() < wait,
+        }
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn status(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.lines()
+        .find(|l| {
+            l.len() > name.len()
+                && l[..name.len()].eq_ignore_ascii_case(name)
+                && l[name.len()..].starts_with(':')
+        })
+        .map(|l| l[name.len() + 1..].trim())
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

@@ -56,20 +56,30 @@ impl Sipward {
     /// Starts sipward on a complete configuration, with `files` written beside it. The configuration
     /// must listen on ephemeral ports; `io` is the driver the test expects it to run.
     pub fn launch(io: &str, config: &str, files: &[(&str, &str)]) -> Sipward {
+        Sipward::launch_with(io, config, files, |_| {})
+    }
+
+    /// As [`Sipward::launch`], letting the test adjust the command (environment, pre-exec hooks).
+    pub fn launch_with(
+        io: &str,
+        config: &str,
+        files: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Sipward {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         let path = dir.path().join("sipward.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipward"));
+        cmd.arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sipward");
+            .stderr(Stdio::piped());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("start sipward");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();

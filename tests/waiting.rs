@@ -46,15 +46,16 @@ impl TokenSource for SlowSource {
     fn name(&self) -> &'static str {
         "slow"
     }
-    fn validate<'a>(&'a self, token: &'a str) -> SourceFuture<'a> {
+    fn validate(&self, token: &str) -> SourceFuture {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let token = token.to_owned();
         let delay = Delay {
             until: Instant::now() + self.delay,
             armed: false,
         };
         Box::pin(async move {
             delay.await;
-            match token {
+            match token.as_str() {
                 "slow-alice" => Ok(TokenFacts {
                     active: true,
                     username: Some("alice".into()),

@@ -6,6 +6,8 @@
 //! introspection, userinfo GET) and request coalescing belong here too and arrive with issue #3.
 
 pub mod cache;
+pub mod claims;
+pub mod flight;
 pub mod static_file;
 
 use std::future::Future;
@@ -21,15 +23,17 @@ pub use cache::TokenCache;
 pub use static_file::StaticTokens;
 
 /// A future answering one validation.
-pub type SourceFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<TokenFacts, SourceError>> + Send + 'a>>;
+/// A future answering one validation. It owns what it needs, so it can run detached from the request
+/// that started it (see [`flight`]).
+pub type SourceFuture =
+    Pin<Box<dyn Future<Output = Result<TokenFacts, SourceError>> + Send + 'static>>;
 
 /// Something that can tell what a token is worth. Unknown tokens are `Ok(TokenFacts::inactive())`;
 /// `Err` means the source could not answer.
 pub trait TokenSource: Send + Sync + 'static {
     /// A short name for logs ("static", "introspection", …).
     fn name(&self) -> &'static str;
-    fn validate<'a>(&'a self, token: &'a str) -> SourceFuture<'a>;
+    fn validate(&self, token: &str) -> SourceFuture;
 }
 
 /// A keyed 128-bit hash of a token: what the cache stores instead of the token.
@@ -81,10 +85,30 @@ pub enum Unresolved {
 /// Cache in front of a source; what shards ask.
 pub struct TokenService {
     hasher: TokenHasher,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
+    flights: Arc<flight::Flights>,
     source: Option<Arc<dyn TokenSource>>,
-    max_ttl_s: u64,
-    negative_ttl_s: u64,
+    ttl: Ttl,
+}
+
+/// How long answers are cached.
+#[derive(Clone, Copy)]
+struct Ttl {
+    max_s: u64,
+    negative_s: u64,
+}
+
+impl Ttl {
+    /// Until when an answer given at `now` may be served: a positive one until
+    /// `min(exp, now + max_s)`, never past `exp` (RFC 7662 section 4); a negative one `negative_s`.
+    fn until(self, facts: &TokenFacts, now: u64) -> u64 {
+        if facts.active {
+            let cap = now.saturating_add(self.max_s);
+            facts.exp.map_or(cap, |exp| exp.min(cap))
+        } else {
+            now.saturating_add(self.negative_s)
+        }
+    }
 }
 
 impl TokenService {
@@ -95,10 +119,13 @@ impl TokenService {
     ) -> TokenService {
         TokenService {
             hasher,
-            cache: TokenCache::new(cache.max_entries),
+            cache: Arc::new(TokenCache::new(cache.max_entries)),
+            flights: Arc::default(),
             source,
-            max_ttl_s: cache.max_ttl_s,
-            negative_ttl_s: cache.negative_ttl_s,
+            ttl: Ttl {
+                max_s: cache.max_ttl_s,
+                negative_s: cache.negative_ttl_s,
+            },
         }
     }
 
@@ -122,9 +149,15 @@ impl TokenService {
         &self.cache
     }
 
-    /// Asks the source and caches what it says: a positive answer until `min(exp, now + max_ttl_s)`
-    /// (never past `exp`, RFC 7662 section 4), a negative one for `negative_ttl_s`. Failures are not
-    /// cached.
+    /// Flights to the source in the air now.
+    pub fn in_flight(&self) -> usize {
+        self.flights.in_air()
+    }
+
+    /// Asks the source, unless a request for the same token is already in flight, in which case this
+    /// waits for that one (singleflight). The answer is cached (see [`Ttl`]); failures are not.
+    /// Must run inside a shard's runtime: the request to the source runs on a detached task there,
+    /// so that it lands for every waiter even if this caller goes away.
     pub async fn resolve(
         &self,
         token: &str,
@@ -132,17 +165,27 @@ impl TokenService {
         now: u64,
     ) -> Result<Arc<TokenFacts>, Unresolved> {
         let source = self.source.as_ref().ok_or(Unresolved::NoSource)?;
-        let facts = Arc::new(source.validate(token).await.map_err(Unresolved::Failed)?);
-        let until = if facts.active {
-            let cap = now.saturating_add(self.max_ttl_s);
-            facts.exp.map_or(cap, |exp| exp.min(cap))
-        } else {
-            now.saturating_add(self.negative_ttl_s)
-        };
-        if until > now {
-            self.cache.insert(key, facts.clone(), until);
+        let (flight, leader) = self.flights.join(key.0);
+        if leader {
+            let request = source.validate(token);
+            let (cache, flights, ttl, landing) = (
+                self.cache.clone(),
+                self.flights.clone(),
+                self.ttl,
+                flight.clone(),
+            );
+            monoio::spawn(async move {
+                let result = request.await.map(Arc::new);
+                if let Ok(facts) = &result {
+                    let until = ttl.until(facts, now);
+                    if until > now {
+                        cache.insert(key, facts.clone(), until);
+                    }
+                }
+                flights.land(key.0, &landing, result);
+            });
         }
-        Ok(facts)
+        flight.wait().await.map_err(Unresolved::Failed)
     }
 }
 
@@ -167,7 +210,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "counting"
         }
-        fn validate<'a>(&'a self, _token: &'a str) -> SourceFuture<'a> {
+        fn validate(&self, _token: &str) -> SourceFuture {
             self.calls
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::pin(std::future::ready(Ok(self.facts.clone())))
@@ -255,6 +298,31 @@ mod tests {
         let key = svc.key("tok");
         block_on(svc.resolve("tok", key, 1000)).unwrap();
         assert_eq!(svc.cache().len(), 0);
+    }
+
+    #[test]
+    fn concurrent_misses_share_one_request() {
+        let (svc, src) = service(TokenFacts {
+            active: true,
+            ..Default::default()
+        });
+        let svc = std::rc::Rc::new(svc);
+        let answers = block_on(async {
+            let tasks: Vec<_> = (0..100)
+                .map(|_| {
+                    let svc = svc.clone();
+                    monoio::spawn(async move { svc.resolve("tok", svc.key("tok"), 1000).await })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await);
+            }
+            answers
+        });
+        assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|f| f.active)));
+        assert_eq!(src.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(svc.in_flight(), 0);
     }
 
     #[test]

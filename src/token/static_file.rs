@@ -138,7 +138,7 @@ impl TokenSource for StaticTokens {
         "static"
     }
 
-    fn validate<'a>(&'a self, token: &'a str) -> SourceFuture<'a> {
+    fn validate(&self, token: &str) -> SourceFuture {
         Box::pin(std::future::ready(Ok(self.lookup(token))))
     }
 }

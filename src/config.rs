@@ -9,6 +9,24 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::auth::{ChallengeMode, Policy, Profile};
+use crate::token::http::{ClientAuth, Kind, RemoteConfig, Secret};
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Where token answers come from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// None configured: requests with Bearer credentials get the "no source" answer.
+    None,
+    /// `[static_tokens] file`, resolved against the configuration file's directory.
+    Static(PathBuf),
+    /// `[introspection]` or `[userinfo]`.
+    Remote(RemoteConfig),
+}
 
 /// A configuration error: the key (dotted path) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +79,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub auth: RawAuth,
     pub static_tokens: Option<RawStaticTokens>,
+    pub introspection: Option<RawRemote>,
+    pub userinfo: Option<RawRemote>,
     #[serde(default)]
     pub respond: RawRespond,
     #[serde(default)]
@@ -129,6 +149,50 @@ pub struct RawStaticTokens {
     pub file: String,
 }
 
+/// `[introspection]` and `[userinfo]`: the same keys, except that the client credentials belong to
+/// introspection only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRemote {
+    pub url: Option<String>,
+    pub urls: Option<Vec<String>>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub client_secret_file: Option<String>,
+    pub client_auth: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub username_claim: Option<String>,
+    pub required_scope: Option<String>,
+    pub audience: Option<String>,
+    pub clock_skew_s: u64,
+    pub max_inflight: usize,
+    pub ca_file: Option<String>,
+    pub retry_after_s: u64,
+}
+
+impl Default for RawRemote {
+    fn default() -> RawRemote {
+        RawRemote {
+            url: None,
+            urls: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            client_auth: "basic".into(),
+            timeout_ms: 2000,
+            connect_timeout_ms: 1000,
+            username_claim: None,
+            required_scope: None,
+            audience: None,
+            clock_skew_s: 30,
+            max_inflight: 256,
+            ca_file: None,
+            retry_after_s: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRespond {
@@ -186,8 +250,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub policy: Policy,
     pub respond_status: u16,
-    /// Static token file, resolved against the configuration file's directory.
-    pub static_tokens: Option<PathBuf>,
+    pub source: SourceConfig,
     pub cache: CacheConfig,
 }
 
@@ -237,6 +300,133 @@ fn parse_addrs(key: &str, addrs: &Addrs) -> Result<Vec<SocketAddr>, ConfigError>
             })
         })
         .collect()
+}
+
+/// Validates `[introspection]` or `[userinfo]` (named `section` in errors).
+fn remote(section: &str, r: &RawRemote, base: &Path) -> Result<RemoteConfig, ConfigError> {
+    let key = |k: &str| format!("{section}.{k}");
+    let raw_urls: Vec<&String> = match (&r.url, &r.urls) {
+        (Some(u), None) => vec![u],
+        (None, Some(us)) if !us.is_empty() => us.iter().collect(),
+        (None, Some(_)) => return Err(invalid(key("urls"), "must not be empty")),
+        (Some(_), Some(_)) => return Err(invalid(key("url"), "give url or urls, not both")),
+        (None, None) => return Err(invalid(key("url"), "missing (or give urls)")),
+    };
+    let mut urls = Vec::new();
+    for (i, u) in raw_urls.into_iter().enumerate() {
+        let k = if r.url.is_some() {
+            key("url")
+        } else {
+            format!("{section}.urls[{i}]")
+        };
+        let uri: hyper::Uri = u
+            .parse()
+            .map_err(|_| invalid(&k, format!("{u:?} is not a URL")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") if uri.host().is_some() => urls.push(uri),
+            _ => {
+                return Err(invalid(
+                    &k,
+                    format!("{u:?}: expected an http:// or https:// URL with a host"),
+                ))
+            }
+        }
+    }
+    if r.timeout_ms == 0 || r.timeout_ms > 60_000 {
+        return Err(invalid(key("timeout_ms"), "must be between 1 and 60000"));
+    }
+    if r.connect_timeout_ms == 0 {
+        return Err(invalid(key("connect_timeout_ms"), "must be at least 1"));
+    }
+    if r.max_inflight == 0 {
+        return Err(invalid(key("max_inflight"), "must be at least 1"));
+    }
+    let kind = if section == "introspection" {
+        let client_id = r
+            .client_id
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| invalid(key("client_id"), "missing"))?;
+        let client_secret = match (&r.client_secret, &r.client_secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => {
+                let path = base.join(f);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        key("client_secret_file"),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                Secret(text.trim_end_matches(['\r', '\n']).to_string())
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("client_secret"),
+                    "give client_secret or client_secret_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    key("client_secret"),
+                    "missing (or give client_secret_file)",
+                ))
+            }
+        };
+        if client_secret.0.is_empty() {
+            return Err(invalid(key("client_secret"), "must not be empty"));
+        }
+        let client_auth = match r.client_auth.as_str() {
+            "basic" => ClientAuth::Basic,
+            "post" => ClientAuth::Post,
+            other => {
+                return Err(invalid(
+                    key("client_auth"),
+                    format!("{other:?}: expected \"basic\" or \"post\""),
+                ))
+            }
+        };
+        Kind::Introspection {
+            client_id,
+            client_secret,
+            client_auth,
+        }
+    } else {
+        for (k, set) in [
+            ("client_id", r.client_id.is_some()),
+            ("client_secret", r.client_secret.is_some()),
+            ("client_secret_file", r.client_secret_file.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    key(k),
+                    "not used by userinfo: the token itself authenticates the request",
+                ));
+            }
+        }
+        Kind::Userinfo
+    };
+    let default_claim = if section == "introspection" {
+        "username"
+    } else {
+        "sub"
+    };
+    let username_claim = r
+        .username_claim
+        .clone()
+        .unwrap_or_else(|| default_claim.into());
+    if username_claim.is_empty() {
+        return Err(invalid(key("username_claim"), "must not be empty"));
+    }
+    Ok(RemoteConfig {
+        kind,
+        urls,
+        timeout: std::time::Duration::from_millis(r.timeout_ms),
+        connect_timeout: std::time::Duration::from_millis(r.connect_timeout_ms.min(r.timeout_ms)),
+        username_claim,
+        max_inflight: r.max_inflight,
+        retry_after: std::time::Duration::from_secs(r.retry_after_s),
+        ca_file: r.ca_file.as_ref().map(|f| base.join(f)),
+    })
 }
 
 impl RawConfig {
@@ -329,12 +519,58 @@ impl RawConfig {
         if c.max_ttl_s == 0 {
             return Err(invalid("cache.max_ttl_s", "must be at least 1"));
         }
-        let static_tokens = match &self.static_tokens {
-            Some(st) if st.file.is_empty() => {
-                return Err(invalid("static_tokens.file", "must not be empty"))
+        let configured: Vec<&str> = [
+            ("static_tokens", self.static_tokens.is_some()),
+            ("introspection", self.introspection.is_some()),
+            ("userinfo", self.userinfo.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        if configured.len() > 1 {
+            return Err(invalid(
+                configured[1],
+                format!(
+                    "only one token source at a time; [{}] is configured too",
+                    configured[0]
+                ),
+            ));
+        }
+        let mut required_scope = a.scope.clone();
+        let mut audience = None;
+        let mut clock_skew_s = 0;
+        let source = if let Some(st) = &self.static_tokens {
+            if st.file.is_empty() {
+                return Err(invalid("static_tokens.file", "must not be empty"));
             }
-            Some(st) => Some(base.join(&st.file)),
-            None => None,
+            SourceConfig::Static(base.join(&st.file))
+        } else if let Some((section, r)) = self
+            .introspection
+            .as_ref()
+            .map(|r| ("introspection", r))
+            .or(self.userinfo.as_ref().map(|r| ("userinfo", r)))
+        {
+            let remote = remote(section, r, base)?;
+            if let Some(scope) = &r.required_scope {
+                if required_scope.as_ref().is_some_and(|s| s != scope) {
+                    return Err(invalid(
+                        format!("{section}.required_scope"),
+                        "differs from auth.scope; set it in one place",
+                    ));
+                }
+                check_quotable(&format!("{section}.required_scope"), scope)?;
+                required_scope = Some(scope.clone());
+            }
+            if let Some(aud) = &r.audience {
+                if aud.is_empty() {
+                    return Err(invalid(format!("{section}.audience"), "must not be empty"));
+                }
+                audience = Some(aud.as_str().into());
+            }
+            clock_skew_s = r.clock_skew_s;
+            SourceConfig::Remote(remote)
+        } else {
+            SourceConfig::None
         };
         Ok(Config {
             server: ServerConfig {
@@ -353,13 +589,14 @@ impl RawConfig {
                 profile,
                 challenge,
                 realm: s.realm.as_str().into(),
-                scope: a.scope.as_deref().map(Into::into),
+                scope: required_scope.as_deref().map(Into::into),
                 authz_server: a.authz_server.as_deref().map(Into::into),
                 retry_after_s: a.retry_after_s,
-                clock_skew_s: 0,
+                clock_skew_s,
+                audience,
             },
             respond_status: self.respond.status,
-            static_tokens,
+            source,
             cache: CacheConfig {
                 max_entries: c.max_entries,
                 max_ttl_s: c.max_ttl_s,
@@ -388,7 +625,7 @@ mod tests {
         assert_eq!(c.policy.profile, Profile::Rfc8898);
         assert_eq!(c.policy.methods.len(), 2);
         assert_eq!(c.respond_status, 200);
-        assert!(c.static_tokens.is_none());
+        assert!(matches!(c.source, SourceConfig::None));
     }
 
     #[test]
@@ -422,9 +659,8 @@ status = 202
         assert_eq!(c.policy.profile, Profile::Oracle);
         assert_eq!(c.policy.challenge, ChallengeMode::Proxy);
         assert_eq!(&*c.policy.realm, "example.com");
-        assert_eq!(
-            c.static_tokens,
-            Some(PathBuf::from("/etc/sipward/tokens.toml"))
+        assert!(
+            matches!(&c.source, SourceConfig::Static(p) if p == Path::new("/etc/sipward/tokens.toml"))
         );
         assert_eq!(c.respond_status, 202);
     }
@@ -463,6 +699,89 @@ status = 202
         assert!(err("[cache]\nmax_entries = 0\n").starts_with("cache.max_entries:"));
         assert!(err("[server]\nmax_message_size = 10\n").starts_with("server.max_message_size:"));
         assert!(err("[static_tokens]\nfile = \"\"\n").starts_with("static_tokens.file:"));
+    }
+
+    #[test]
+    fn introspection_section() {
+        let c = Config::parse(
+            "[introspection]\nurls = [\"https://a.example/introspect\", \"http://127.0.0.1:8080/i\"]\n\
+             client_id = \"rs\"\nclient_secret = \"s3cret\"\nclient_auth = \"post\"\nusername_claim = \"preferred_username\"\n\
+             required_scope = \"sip\"\naudience = \"sipward\"\nclock_skew_s = 5\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let SourceConfig::Remote(r) = &c.source else {
+            panic!("remote source expected")
+        };
+        assert_eq!(r.urls.len(), 2);
+        assert_eq!(r.username_claim, "preferred_username");
+        assert!(matches!(
+            &r.kind,
+            Kind::Introspection {
+                client_auth: ClientAuth::Post,
+                ..
+            }
+        ));
+        assert_eq!(c.policy.scope.as_deref(), Some("sip"));
+        assert_eq!(c.policy.audience.as_deref(), Some("sipward"));
+        assert_eq!(c.policy.clock_skew_s, 5);
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secrets stay out of Debug"
+        );
+    }
+
+    #[test]
+    fn remote_source_errors_name_the_key() {
+        assert_eq!(
+            err("[introspection]\nclient_id = \"a\"\nclient_secret = \"b\"\n"),
+            "introspection.url: missing (or give urls)"
+        );
+        assert_eq!(
+            err("[introspection]\nurl = \"ftp://x/\"\nclient_id = \"a\"\nclient_secret = \"b\"\n"),
+            "introspection.url: \"ftp://x/\": expected an http:// or https:// URL with a host"
+        );
+        assert!(err("[introspection]\nurls = [\"http://a/\", \"nope nope\"]\nclient_id = \"a\"\nclient_secret = \"b\"\n").starts_with("introspection.urls[1]:"));
+        assert_eq!(
+            err("[introspection]\nurl = \"http://a/\"\nclient_secret = \"b\"\n"),
+            "introspection.client_id: missing"
+        );
+        assert_eq!(
+            err("[introspection]\nurl = \"http://a/\"\nclient_id = \"a\"\n"),
+            "introspection.client_secret: missing (or give client_secret_file)"
+        );
+        assert!(err("[introspection]\nurl = \"http://a/\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent\"\n")
+            .starts_with("introspection.client_secret_file: /nonexistent"));
+        assert!(err("[userinfo]\nurl = \"http://a/\"\nclient_id = \"a\"\n")
+            .starts_with("userinfo.client_id: not used by userinfo"));
+        assert!(err("[introspection]\nurl = \"http://a/\"\nclient_id = \"a\"\nclient_secret = \"b\"\ntimeout_ms = 0\n").starts_with("introspection.timeout_ms:"));
+        assert!(
+            err("[static_tokens]\nfile = \"t\"\n[userinfo]\nurl = \"http://a/\"\n")
+                .starts_with("userinfo: only one token source")
+        );
+        assert!(err(
+            "[auth]\nscope = \"a\"\n[userinfo]\nurl = \"http://a/\"\nrequired_scope = \"b\"\n"
+        )
+        .starts_with("userinfo.required_scope: differs"));
+        let e = err("[introspection]\nurl = \"http://a/\"\nclient_id = \"a\"\nclient_secret = \"topsecret\"\nbogus = 1\n");
+        assert!(
+            e.contains("unknown field `bogus`") && !e.contains("topsecret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn userinfo_defaults_to_sub() {
+        let c = Config::parse(
+            "[userinfo]\nurl = \"https://sts.example/userinfo\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let SourceConfig::Remote(r) = &c.source else {
+            panic!()
+        };
+        assert_eq!(r.username_claim, "sub");
+        assert!(matches!(r.kind, Kind::Userinfo));
     }
 
     #[test]

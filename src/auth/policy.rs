@@ -37,6 +37,8 @@ pub struct Policy {
     pub retry_after_s: u32,
     /// Seconds of clock difference tolerated when checking `exp` and `nbf`.
     pub clock_skew_s: u64,
+    /// An audience the token's `aud` must contain.
+    pub audience: Option<Box<str>>,
 }
 
 impl Default for Policy {
@@ -51,6 +53,7 @@ impl Default for Policy {
             authz_server: None,
             retry_after_s: 5,
             clock_skew_s: 0,
+            audience: None,
         }
     }
 }

@@ -33,6 +33,8 @@ pub enum Invalid {
     Inactive,
     Expired,
     NotYetValid,
+    /// The token is not meant for this resource server (its `aud` lacks ours).
+    WrongAudience,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,7 @@ impl Outcome {
             Outcome::Invalid(Invalid::Inactive) => "inactive",
             Outcome::Invalid(Invalid::Expired) => "expired",
             Outcome::Invalid(Invalid::NotYetValid) => "not_yet_valid",
+            Outcome::Invalid(Invalid::WrongAudience) => "wrong_audience",
             Outcome::UserMismatch => "user_mismatch",
             Outcome::InsufficientScope => "insufficient_scope",
             Outcome::SourceUnavailable(_) => "source_unavailable",
@@ -106,6 +109,11 @@ pub fn judge(policy: &Policy, lookup: Lookup<'_>, aor: &Aor<'_>, now: u64) -> Ou
     }
     if facts.nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
         return Outcome::Invalid(Invalid::NotYetValid);
+    }
+    if let Some(aud) = &policy.audience {
+        if !facts.aud.iter().any(|a| a == aud) {
+            return Outcome::Invalid(Invalid::WrongAudience);
+        }
     }
     match (&facts.username, policy.profile) {
         (Some(user), _) if !aor.matches_username(user) => return Outcome::UserMismatch,
@@ -250,6 +258,26 @@ mod tests {
         };
         assert_eq!(judged(&skewed, &expired), Outcome::Accept);
         assert_eq!(judged(&skewed, &early), Outcome::Accept);
+    }
+
+    #[test]
+    fn audience_must_be_ours_when_configured() {
+        let p = Policy {
+            audience: Some("sipward".into()),
+            ..Policy::default()
+        };
+        let mut f = facts(Some("alice"));
+        assert_eq!(judged(&p, &f), Outcome::Invalid(Invalid::WrongAudience));
+        f.aud = vec!["other".into(), "sipward".into()];
+        assert_eq!(judged(&p, &f), Outcome::Accept);
+        assert_eq!(
+            judged(&Policy::default(), &facts(Some("alice"))),
+            Outcome::Accept
+        );
+        assert_eq!(
+            response_for(&p, &Outcome::Invalid(Invalid::WrongAudience)).error,
+            Some("invalid_token")
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Engine;
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ConfigError, ServerConfig, SourceConfig};
+use crate::token::http::{RemoteSource, SideRuntime};
 use crate::token::{StaticTokens, TokenHasher, TokenService, TokenSource};
 
 pub use driver::Driver;
@@ -35,14 +36,23 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the engine and the token service from a validated configuration; loads token files.
-    pub fn from_config(cfg: &Config) -> Result<Shared, crate::config::ConfigError> {
-        let source: Option<Arc<dyn TokenSource>> = match &cfg.static_tokens {
-            Some(path) => {
+    pub fn from_config(cfg: &Config) -> Result<Shared, ConfigError> {
+        let source: Option<Arc<dyn TokenSource>> = match &cfg.source {
+            SourceConfig::Static(path) => {
                 let st = StaticTokens::load(path)?;
                 tracing::info!(tokens = st.len(), file = %path.display(), "static token source loaded");
                 Some(Arc::new(st))
             }
-            None => None,
+            SourceConfig::Remote(remote) => {
+                let runtime =
+                    SideRuntime::start().map_err(|e| ConfigError::Parse(e.to_string()))?;
+                let src = RemoteSource::new(remote.clone(), runtime)
+                    .map_err(|e| ConfigError::Parse(e.to_string()))?;
+                let hosts: Vec<String> = remote.urls.iter().map(ToString::to_string).collect();
+                tracing::info!(kind = src.name(), hosts = ?hosts, "remote token source ready");
+                Some(Arc::new(src))
+            }
+            SourceConfig::None => None,
         };
         Ok(Shared {
             engine: Engine::new(

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod claims;
 pub mod flight;
+pub mod http;
 pub mod static_file;
 
 use std::future::Future;

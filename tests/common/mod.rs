@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mock_as;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;

@@ -184,7 +184,11 @@ fn source_failures_map_to_the_profile_table() {
     for (profile, expect) in [("rfc8898", 503), ("oracle", 500)] {
         let s = Sipward::launch(
             "epoll",
-            &introspection(std::slice::from_ref(&url), "", &format!("profile = \"{profile}\"")),
+            &introspection(
+                std::slice::from_ref(&url),
+                "",
+                &format!("profile = \"{profile}\""),
+            ),
             &[],
         );
         assert_eq!(

@@ -94,11 +94,11 @@ pub fn process(
         );
     }
     let key = tokens.key(pending.token);
-    if let Some(facts) = tokens.cached(key, now) {
-        return record(
-            &ctx.stats,
-            engine.finish(&pending, src, Lookup::Found(&facts), now, out),
-        );
+    let hit = tokens.with_cached(key, now, |facts| {
+        engine.finish(&pending, src, Lookup::Found(facts), now, out)
+    });
+    if let Some(done) = hit {
+        return record(&ctx.stats, done);
     }
     if ctx.pending.get() >= MAX_PENDING_PER_SHARD {
         bump(&ctx.stats.dropped_overloaded);

@@ -140,10 +140,16 @@ impl TokenService {
         self.hasher.key(token)
     }
 
-    /// A cached answer that is still valid at `now` (Unix seconds).
+    /// Runs `f` on the cached answer for `key` if one is valid at `now` (Unix seconds). The facts are
+    /// lent, not cloned: see [`cache`].
     #[inline]
-    pub fn cached(&self, key: TokenKey, now: u64) -> Option<Arc<TokenFacts>> {
-        self.cache.get(key, now)
+    pub fn with_cached<R>(
+        &self,
+        key: TokenKey,
+        now: u64,
+        f: impl FnOnce(&TokenFacts) -> R,
+    ) -> Option<R> {
+        self.cache.with(key, now, f)
     }
 
     pub fn cache(&self) -> &TokenCache {
@@ -180,7 +186,7 @@ impl TokenService {
                 if let Ok(facts) = &result {
                     let until = ttl.until(facts, now);
                     if until > now {
-                        cache.insert(key, facts.clone(), until);
+                        cache.insert(key, TokenFacts::clone(facts), until, now);
                     }
                 }
                 flights.land(key.0, &landing, result);
@@ -260,11 +266,11 @@ mod tests {
             ..Default::default()
         });
         let key = svc.key("tok");
-        assert!(svc.cached(key, now).is_none());
+        assert!(svc.with_cached(key, now, |_| ()).is_none());
         block_on(svc.resolve("tok", key, now)).unwrap();
-        assert!(svc.cached(key, now + 19).is_some());
+        assert!(svc.with_cached(key, now + 19, |_| ()).is_some());
         // Never served at or past exp, although max_ttl_s is longer.
-        assert!(svc.cached(key, now + 20).is_none());
+        assert!(svc.with_cached(key, now + 20, |_| ()).is_none());
         assert_eq!(src.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
@@ -276,8 +282,8 @@ mod tests {
         });
         let key = svc.key("tok");
         block_on(svc.resolve("tok", key, 1000)).unwrap();
-        assert!(svc.cached(key, 1299).is_some());
-        assert!(svc.cached(key, 1300).is_none());
+        assert!(svc.with_cached(key, 1299, |_| ()).is_some());
+        assert!(svc.with_cached(key, 1300, |_| ()).is_none());
     }
 
     #[test]
@@ -285,8 +291,8 @@ mod tests {
         let (svc, _) = service(TokenFacts::inactive());
         let key = svc.key("tok");
         block_on(svc.resolve("tok", key, 1000)).unwrap();
-        assert!(svc.cached(key, 1009).is_some_and(|f| !f.active));
-        assert!(svc.cached(key, 1010).is_none());
+        assert!(svc.with_cached(key, 1009, |f| f.active) == Some(false));
+        assert!(svc.with_cached(key, 1010, |_| ()).is_none());
     }
 
     #[test]

@@ -1,1 +1,297 @@
-fn main() {}
+//! The whole respond-mode path for a cached token (issue #2 target: at most 1 µs), done the way a
+//! shard's hot path does it (`src/shard/process.rs::process`):
+//!
+//! `Engine::begin` → `NeedToken` → `unix_now` → `TokenService::key` → `TokenService::with_cached` (hit, facts lent) →
+//! `Engine::finish(Lookup::Found)` → response bytes in a reused `out` buffer.
+//!
+//! Beside it, the parts, so a reader sees where the time goes: token key hashing, the cache hit,
+//! `begin` alone, `finish` alone, the clock read; and the 401 challenge path (no Authorization),
+//! which never reaches the cache; and `finish` split into the decision (AOR + `judge`) and the
+//! response bytes. Not included: the shard's relaxed counter increments and the
+//! socket I/O around `process`.
+//!
+//! Run: `cargo bench --bench respond_path` (see BENCHMARKS.md for recorded figures).
+
+use std::hint::black_box;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sipward::auth::{judge, Begin, Done, Engine, Lookup, Outcome, Pending, Policy, TokenFacts};
+use sipward::config::CacheConfig;
+use sipward::sip::reply::{finish_response, put_register_contacts, start_response};
+use sipward::sip::{Aor, HeaderKind};
+use sipward::token::{unix_now, StaticTokens, TokenHasher, TokenService};
+
+/// A JWT-like bearer token (three base64url segments; not a real signed JWT), 150 characters.
+const TOKEN: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.\
+eyJzdWIiOiJhbGljZSIsImF1ZCI6InNpcCIsImV4cCI6MjAwMDAwMDAwMH0.\
+MEUCIQDx3kq9Lr7aVb2p0fGg4sHtS1nWcQx8yZ5mJ0uKeTqWBgIgZ";
+
+/// The same REGISTER as `benches/scan.rs`, with or without its Authorization header.
+fn register(with_token: bool) -> Vec<u8> {
+    let auth = if with_token {
+        format!("Authorization: Bearer {TOKEN}\r\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:alice@example.com>;tag=1928301774\r\n\
+To: \"Alice\" <sip:alice@example.com>\r\n\
+Call-ID: a84b4c76e66710@pc33.example.com\r\n\
+CSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@192.0.2.10:5060>;+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\";reg-id=1\r\n\
+Expires: 600\r\n\
+{auth}\
+Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n\
+Supported: path, outbound\r\n\
+User-Agent: Phone/2.1\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn src() -> SocketAddr {
+    "192.0.2.10:5060".parse().unwrap()
+}
+
+/// A token service backed by a static source holding [`TOKEN`] for user `alice` (no expiry, so an
+/// answer is cached for `max_ttl_s`), with the answer already in the cache.
+fn warmed_service(now: u64) -> TokenService {
+    let tokens = StaticTokens::parse(&format!(
+        "[[tokens]]\ntoken = \"{TOKEN}\"\nusername = \"alice\"\n"
+    ))
+    .expect("static token file parses");
+    let cfg = CacheConfig {
+        max_entries: 10_000,
+        // Long enough that the entry outlives the benchmark run, whose clock moves on.
+        max_ttl_s: 24 * 3600,
+        negative_ttl_s: 10,
+    };
+    let svc = TokenService::new(Some(Arc::new(tokens)), &cfg, TokenHasher::new((3, 4)));
+    let key = svc.key(TOKEN);
+    let facts = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .build()
+        .expect("monoio runtime")
+        .block_on(svc.resolve(TOKEN, key, now))
+        .expect("the static source answers");
+    assert!(facts.active);
+    assert!(
+        svc.with_cached(key, now, |_| ()).is_some(),
+        "resolve filled the cache"
+    );
+    svc
+}
+
+const ACCEPTED: Done = Done::Replied {
+    code: 200,
+    outcome: Some(Outcome::Accept),
+};
+
+/// The shard's hot path for a request whose token is cached (cf. `shard::process::process`).
+#[inline(always)]
+fn respond(
+    engine: &Engine,
+    tokens: &TokenService,
+    data: &[u8],
+    src: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Done {
+    let pending = match engine.begin(data, src, out) {
+        Begin::Done(done) => return done,
+        Begin::NeedToken(p) => p,
+    };
+    let now = unix_now();
+    let key = tokens.key(pending.token);
+    tokens
+        .with_cached(key, now, |facts| {
+            engine.finish(&pending, src, Lookup::Found(facts), now, out)
+        })
+        .expect("the benchmark token is cached")
+}
+
+fn need_token<'a>(
+    engine: &Engine,
+    data: &'a [u8],
+    src: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Pending<'a> {
+    match engine.begin(data, src, out) {
+        Begin::NeedToken(p) => p,
+        Begin::Done(d) => panic!("expected NeedToken, got {d:?}"),
+    }
+}
+
+fn bench_respond(c: &mut Criterion) {
+    let engine = Engine::new(Policy::default(), 200, (1, 2));
+    let now = unix_now();
+    let tokens = warmed_service(now);
+    let src = src();
+    let with_token = register(true);
+    let without = register(false);
+    println!(
+        "REGISTER with token: {} bytes; without: {} bytes",
+        with_token.len(),
+        without.len()
+    );
+    assert_eq!(TOKEN.len(), 150);
+
+    // What is timed must do what the server does: a 200 with the contact for the cached token, a
+    // 401 Bearer challenge without one.
+    let mut out = Vec::with_capacity(1024);
+    assert_eq!(
+        respond(&engine, &tokens, &with_token, src, &mut out),
+        ACCEPTED
+    );
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("Contact: <sip:alice@192.0.2.10:5060>;+sip.instance="),
+        "{text}"
+    );
+    println!("200 response: {} bytes", out.len());
+    match engine.begin(&without, src, &mut out) {
+        Begin::Done(Done::Replied {
+            code: 401,
+            outcome: Some(Outcome::NoCredentials),
+        }) => {}
+        other => panic!("expected a 401 challenge, got {other:?}"),
+    }
+    assert!(out.starts_with(b"SIP/2.0 401 Unauthorized\r\n"));
+    println!("401 response: {} bytes", out.len());
+
+    let mut g = c.benchmark_group("respond_path");
+    g.throughput(Throughput::Elements(1));
+
+    g.bench_function("cached_token_full", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            let done = respond(&engine, &tokens, black_box(&with_token), src, &mut out);
+            black_box(&out);
+            done
+        })
+    });
+
+    g.bench_function("challenge_401_full", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            let done = engine.begin(black_box(&without), src, &mut out);
+            black_box(&out);
+            matches!(done, Begin::Done(_))
+        })
+    });
+
+    g.bench_function("part_begin", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            let p = need_token(&engine, black_box(&with_token), src, &mut out);
+            black_box(p.token.len())
+        })
+    });
+
+    let key = tokens.key(TOKEN);
+    g.bench_function("part_unix_now", |b| b.iter(unix_now));
+    g.bench_function("part_token_key", |b| {
+        b.iter(|| tokens.key(black_box(TOKEN)))
+    });
+    g.bench_function("part_cache_hit", |b| {
+        b.iter(|| {
+            tokens
+                .with_cached(black_box(key), now, |f| f.active)
+                .expect("cached")
+        })
+    });
+
+    g.bench_function("part_finish", |b| {
+        let mut out = Vec::with_capacity(1024);
+        let pending = need_token(&engine, &with_token, src, &mut out);
+        let facts = tokens.with_cached(key, now, TokenFacts::clone).unwrap();
+        b.iter(|| {
+            let done = engine.finish(
+                black_box(&pending),
+                src,
+                Lookup::Found(&facts),
+                now,
+                &mut out,
+            );
+            black_box(&out);
+            done
+        })
+    });
+
+    // finish() split in two: the decision, then the response bytes (status line, copied headers
+    // with the top Via rewritten, To tag, Contact echo for the REGISTER).
+    g.bench_function("part_finish_judge", |b| {
+        let pending = need_token(&engine, &with_token, src, &mut out);
+        let facts = tokens.with_cached(key, now, TokenFacts::clone).unwrap();
+        b.iter(|| {
+            let to = black_box(&pending).msg.first(HeaderKind::To).unwrap();
+            let aor = Aor::from_header(to).unwrap();
+            judge(&engine.policy, Lookup::Found(&facts), &aor, now)
+        })
+    });
+    g.bench_function("part_finish_response_bytes", |b| {
+        let mut resp = Vec::with_capacity(1024);
+        let pending = need_token(&engine, &with_token, src, &mut out);
+        b.iter(|| {
+            let msg = &black_box(&pending).msg;
+            start_response(&mut resp, msg, src, 200, "OK", b"0123456789abcdef");
+            put_register_contacts(&mut resp, msg);
+            finish_response(&mut resp);
+            black_box(&resp);
+        })
+    });
+
+    // The top Via's `received=` is written with `write!(out, "{}", source.ip())` (reply.rs), which
+    // perf shows among the larger items of the response bytes; beside it, a candidate that writes
+    // IPv4 octets with itoa (same bytes, asserted here).
+    let ip = src.ip();
+    let mut a = Vec::with_capacity(64);
+    let mut b2 = Vec::with_capacity(64);
+    write_ip_fmt(&mut a, ip);
+    write_ip_itoa(&mut b2, ip);
+    assert_eq!(a, b2);
+    g.bench_function("part_received_ip_fmt", |b| {
+        let mut buf = Vec::with_capacity(64);
+        b.iter(|| {
+            buf.clear();
+            write_ip_fmt(&mut buf, black_box(ip));
+            black_box(&buf);
+        })
+    });
+    g.bench_function("part_received_ip_itoa_candidate", |b| {
+        let mut buf = Vec::with_capacity(64);
+        b.iter(|| {
+            buf.clear();
+            write_ip_itoa(&mut buf, black_box(ip));
+            black_box(&buf);
+        })
+    });
+    g.finish();
+}
+
+fn write_ip_fmt(out: &mut Vec<u8>, ip: IpAddr) {
+    use std::io::Write as _;
+    let _ = write!(out, "{ip}");
+}
+
+fn write_ip_itoa(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(n.format(o).as_bytes());
+            }
+        }
+        IpAddr::V6(_) => write_ip_fmt(out, ip),
+    }
+}
+
+criterion_group!(benches, bench_respond);
+criterion_main!(benches);

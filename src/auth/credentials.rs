@@ -15,9 +15,11 @@ pub enum Credentials<'a> {
 /// RFC 6750 b64token: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 pub fn is_b64token(t: &[u8]) -> bool {
     let body = t.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
+    // Every byte is checked, without an early exit, so the loop vectorises: tokens are valid far
+    // more often than not, and this is 4x faster on a 150-byte token (benches/scan.rs).
     body > 0
-        && t[..body].iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        && t[..body].iter().fold(true, |ok, &b| {
+            ok & (b.is_ascii_alphanumeric() | matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
         })
 }
 
@@ -131,5 +133,9 @@ mod tests {
         assert!(!is_b64token(b"="));
         assert!(!is_b64token(b"a\"b"));
         assert!(!is_b64token("é".as_bytes()));
+        assert!(is_b64token(b"abc.DEF-_~+/=="));
+        assert!(!is_b64token(b"a=b"), "padding only at the end");
+        assert!(!is_b64token(b"a b"));
+        assert!(!is_b64token(b"a,b"));
     }
 }

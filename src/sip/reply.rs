@@ -5,7 +5,7 @@
 //! the way out. This module writes bytes only: which status to send is decided in [`crate::auth`].
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::addr::{param, params, parse_name_addr};
 use super::scan::{HeaderKind, Message};
@@ -92,11 +92,30 @@ pub fn put_top_via(out: &mut Vec<u8>, via: &[u8], source: SocketAddr) {
         }
     }
     out.extend_from_slice(b";received=");
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{}", source.ip());
+    put_ip(out, source.ip());
     out.extend_from_slice(b";rport=");
     out.extend_from_slice(itoa::Buffer::new().format(source.port()).as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an address as `received=` wants it. IPv4, the common case, goes through itoa: `Display`
+/// for `Ipv4Addr` costs three times as much (benches/respond_path.rs, `part_received_ip_*`).
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Whether the To header already carries a tag (the request is inside a dialog).

@@ -6,10 +6,13 @@
 //! - `mock-as` is an RFC 7662 introspection and userinfo endpoint with a fixed token rule, latency,
 //!   jitter and injected errors, for runs that must not depend on a real authorization server.
 //! - `as-bench` measures an introspection endpoint alone.
+//! - `bare-responder` answers every UDP datagram with a minimal 200 and does nothing else: the
+//!   packet-rate ceiling of a setup, to put server figures in proportion.
 //!
 //! It deliberately does not depend on the `sipward` crate: it sees the server only from the wire.
 
 mod as_bench;
+mod bare;
 mod engine;
 mod form;
 mod mock_as;
@@ -52,6 +55,8 @@ enum Command {
     MockAs(MockAsArgs),
     /// Hammer an introspection endpoint directly with keep-alive connections.
     AsBench(AsBenchArgs),
+    /// Answer every UDP datagram with a minimal 200 carrying its Call-ID, until SIGINT or SIGTERM.
+    BareResponder(BareArgs),
 }
 
 fn share(s: &str) -> Result<f64, String> {
@@ -180,6 +185,16 @@ struct AsBenchArgs {
     threads: usize,
 }
 
+#[derive(Args)]
+struct BareArgs {
+    /// UDP address to answer on (port 0 picks one; the startup line on stderr tells which).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// SO_RCVBUF and SO_SNDBUF to ask for, in bytes (capped by net.core.rmem_max / wmem_max).
+    #[arg(long, default_value_t = 4 << 20)]
+    buffer: usize,
+}
+
 fn register(a: RegisterArgs) -> anyhow::Result<()> {
     if a.duration_s <= 0.0 {
         bail!("--duration-s must be positive");
@@ -289,6 +304,11 @@ fn main() -> ExitCode {
         Command::Register(a) => register(a),
         Command::MockAs(a) => mock_as(a),
         Command::AsBench(a) => as_bench(a),
+        Command::BareResponder(a) => bare::run(bare::Config {
+            listen: a.listen,
+            buffer: a.buffer,
+        })
+        .map(drop),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

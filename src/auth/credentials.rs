@@ -14,13 +14,29 @@ pub enum Credentials<'a> {
 
 /// RFC 6750 b64token: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 pub fn is_b64token(t: &[u8]) -> bool {
-    let body = t.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
-    // Every byte is checked, without an early exit, so the loop vectorises: tokens are valid far
-    // more often than not, and this is 4x faster on a 150-byte token (benches/scan.rs).
-    body > 0
-        && t[..body].iter().fold(true, |ok, &b| {
-            ok & (b.is_ascii_alphanumeric() | matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
-        })
+    let body = &t[..t.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1)];
+    // Every byte of a block is checked, without an early exit, so the loop vectorises: tokens are
+    // valid far more often than not, and this is 4x faster on a 150-byte token (benches/scan.rs).
+    let valid = |block: &[u8]| block.iter().fold(true, |ok, &b| ok & is_b64_byte(b));
+    match body.len() {
+        0 => false,
+        // Whole blocks of 32, then the last 32 bytes again (overlapping, which is harmless for a
+        // yes-or-no answer) rather than a scalar loop over what is left.
+        n @ 32.. => body.chunks_exact(32).all(valid) && valid(&body[n - 32..]),
+        _ => valid(body),
+    }
+}
+
+/// A b64token byte before the padding, in as few comparisons as the vectorised loop can do: one
+/// range for both cases of letters, one for `-`, `.`, `/` and the digits (0x2d to 0x39), three
+/// single bytes. `is_ascii_alphanumeric` and a `matches!` of the rest took twice the instructions.
+#[inline(always)]
+fn is_b64_byte(b: u8) -> bool {
+    ((b | 0x20).wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'-') < 13)
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
 }
 
 /// The Bearer credentials among the `kind` headers (Authorization or Proxy-Authorization). Each
@@ -123,6 +139,15 @@ mod tests {
             creds("Authorization: Bearer a=b\r\n"),
             Credentials::Malformed("Malformed Bearer token")
         );
+    }
+
+    #[test]
+    fn b64_bytes_are_exactly_the_grammar() {
+        for b in 0..=u8::MAX {
+            let grammar =
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+            assert_eq!(is_b64_byte(b), grammar, "byte {b:#04x}");
+        }
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub mod verdict;
 pub use credentials::{bearer, Credentials};
 pub use engine::{Begin, Done, DropReason, Engine, Pending};
 pub use facts::{SourceError, TokenFacts};
-pub use policy::{assess, ChallengeMode, Need, Policy, Profile};
+pub use policy::{assess, assess_checked, ChallengeMode, Need, Policy, Profile};
 pub use verdict::{judge, response_for, Invalid, Lookup, Outcome, ResponseSpec};

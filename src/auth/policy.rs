@@ -1,6 +1,6 @@
 //! Which requests need a token (the `[auth]` section) and what a request presents.
 
-use crate::sip::{reply::to_has_tag, HeaderKind, Message, Method};
+use crate::sip::{reply::to_has_tag, HeaderKind, Message, Method, Parties};
 
 use super::credentials::{bearer, Credentials};
 
@@ -75,6 +75,18 @@ pub enum Need<'a> {
 
 /// Decides what `msg` (a request that passed [`Message::check_request`]) needs under `policy`.
 pub fn assess<'a>(policy: &Policy, msg: &Message<'a>) -> Need<'a> {
+    decide(policy, msg, || to_has_tag(msg))
+}
+
+/// [`assess`] with the [`Parties`] that [`Message::check_request`] returned for `msg`, so that To
+/// is not parsed again.
+pub fn assess_checked<'a>(policy: &Policy, msg: &Message<'a>, parties: &Parties<'_>) -> Need<'a> {
+    decide(policy, msg, || parties.to_tagged)
+}
+
+/// `in_dialog` is asked only when the answer matters: without [`Parties`] it parses To.
+#[inline]
+fn decide<'a>(policy: &Policy, msg: &Message<'a>, in_dialog: impl FnOnce() -> bool) -> Need<'a> {
     match msg.method() {
         Some(Method::Ack) => return Need::NoResponse,
         // CANCEL cannot be challenged: it cannot be resubmitted with credentials (RFC 3261 22.1).
@@ -85,7 +97,7 @@ pub fn assess<'a>(policy: &Policy, msg: &Message<'a>) -> Need<'a> {
     if !policy.methods.iter().any(|m| &m[..] == method) {
         return Need::Pass;
     }
-    if !policy.in_dialog && to_has_tag(msg) {
+    if !policy.in_dialog && in_dialog() {
         return Need::Pass;
     }
     let kind = match policy.challenge {

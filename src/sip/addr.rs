@@ -5,9 +5,7 @@
 //! URI parsing extracts scheme, user, host and port; it does not check every character class of the
 //! RFC 3261 grammar, and it does not decode or normalise URI parameters (an AOR ignores them).
 
-use memchr::memchr;
-
-use super::{is_lws, trim_lws};
+use super::{find_byte, find_byte_near, find_either, has_lws, trim_lws};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
@@ -65,18 +63,23 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, AddrError> {
     let mut display = None;
     if v[0] == b'"' {
         i = 1;
+        // The closing quote is the first `"` not escaped by a backslash; an escape may run past
+        // the end.
         loop {
-            match v.get(i) {
+            let rest = v.get(i..).unwrap_or_default();
+            match find_either(rest, b'"', b'\\') {
                 None => return Err(AddrError::Unquoted),
-                Some(b'\\') => i += 2,
-                Some(b'"') => break,
-                Some(_) => i += 1,
+                Some(k) if rest[k] == b'\\' => i += k + 2,
+                Some(k) => {
+                    i += k;
+                    break;
+                }
             }
         }
         display = Some(&v[..=i]);
         i += 1;
     }
-    match memchr(b'<', &v[i..]) {
+    match find_byte_near(&v[i..], b'<') {
         Some(lt) => {
             let lt = i + lt;
             if display.is_none() {
@@ -87,7 +90,7 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, AddrError> {
             } else if !trim_lws(&v[i..lt]).is_empty() {
                 return Err(AddrError::Trailing);
             }
-            let gt = memchr(b'>', &v[lt..]).ok_or(AddrError::Unbracketed)? + lt;
+            let gt = find_byte(&v[lt..], b'>').ok_or(AddrError::Unbracketed)? + lt;
             let uri = trim_lws(&v[lt + 1..gt]);
             let params = trim_lws(&v[gt + 1..]);
             if !params.is_empty() && params[0] != b';' {
@@ -104,9 +107,9 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, AddrError> {
             if display.is_some() {
                 return Err(AddrError::Unbracketed);
             }
-            let semi = memchr(b';', v).unwrap_or(v.len());
+            let semi = find_byte_near(v, b';').unwrap_or(v.len());
             let uri = trim_lws(&v[..semi]);
-            if uri.iter().any(|&b| is_lws(b)) {
+            if has_lws(uri) {
                 return Err(AddrError::Space);
             }
             Ok(NameAddr {
@@ -128,26 +131,37 @@ pub fn params(p: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
             return None;
         }
         let r = if r[0] == b';' { &r[1..] } else { r };
-        let mut quoted = false;
-        let end = r
-            .iter()
-            .position(|&b| {
-                if b == b'"' {
-                    quoted = !quoted;
-                }
-                b == b';' && !quoted
-            })
-            .unwrap_or(r.len());
+        let end = param_end(r);
         rest = &r[end..];
         let item = trim_lws(&r[..end]);
         if item.is_empty() {
             continue;
         }
-        return Some(match memchr(b'=', item) {
+        return Some(match find_byte_near(item, b'=') {
             Some(eq) => (trim_lws(&item[..eq]), Some(trim_lws(&item[eq + 1..]))),
             None => (item, None),
         });
     })
+}
+
+/// Where the parameter at the start of `r` ends: at the first `;` outside a quoted string, or at
+/// the end. An unterminated quote runs to the end.
+#[inline]
+fn param_end(r: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match find_either(&r[at..], b';', b'"') {
+            None => return r.len(),
+            Some(i) if r[at + i] == b';' => return at + i,
+            Some(i) => {
+                let open = at + i + 1;
+                match find_byte(&r[open..], b'"') {
+                    Some(close) => at = open + close + 1,
+                    None => return r.len(),
+                }
+            }
+        }
+    }
 }
 
 /// The parameter `name` (case-insensitive): `Some(None)` for a flag, `Some(Some(v))` with a value.
@@ -189,10 +203,10 @@ pub struct Uri<'a> {
 /// Parses a sip, sips or tel URI (scheme case-insensitive).
 pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, AddrError> {
     let u = trim_lws(u);
-    if u.iter().any(|&b| is_lws(b)) {
+    if has_lws(u) {
         return Err(AddrError::Space);
     }
-    let colon = memchr(b':', u).ok_or(AddrError::NoScheme)?;
+    let colon = find_byte_near(u, b':').ok_or(AddrError::NoScheme)?;
     let scheme = &u[..colon];
     let rest = &u[colon + 1..];
     let scheme = if scheme.eq_ignore_ascii_case(b"sip") {
@@ -205,7 +219,7 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, AddrError> {
         return Err(AddrError::Scheme);
     };
     if scheme == Scheme::Tel {
-        let end = memchr(b';', rest).unwrap_or(rest.len());
+        let end = find_byte_near(rest, b';').unwrap_or(rest.len());
         if end == 0 {
             return Err(AddrError::Empty);
         }
@@ -218,21 +232,18 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, AddrError> {
         });
     }
     // The user part may itself contain ';' and '?' (RFC 3261 25.1 user-unreserved), but never '@'.
-    let (user, hostport) = match memchr(b'@', rest) {
+    let (user, hostport) = match find_byte_near(rest, b'@') {
         Some(at) => {
             let userinfo = &rest[..at];
-            let user = &userinfo[..memchr(b':', userinfo).unwrap_or(userinfo.len())];
+            let user = &userinfo[..find_byte_near(userinfo, b':').unwrap_or(userinfo.len())];
             (Some(user), &rest[at + 1..])
         }
         None => (None, rest),
     };
-    let hp_end = hostport
-        .iter()
-        .position(|&b| b == b';' || b == b'?')
-        .unwrap_or(hostport.len());
+    let hp_end = find_either(hostport, b';', b'?').unwrap_or(hostport.len());
     let (hp, tail) = hostport.split_at(hp_end);
     let (host, port) = if hp.first() == Some(&b'[') {
-        let close = memchr(b']', hp).ok_or(AddrError::NoHost)?;
+        let close = find_byte_near(hp, b']').ok_or(AddrError::NoHost)?;
         let host = &hp[..=close];
         match &hp[close + 1..] {
             [] => (host, None),
@@ -240,7 +251,7 @@ pub fn parse_uri(u: &[u8]) -> Result<Uri<'_>, AddrError> {
             _ => return Err(AddrError::Port),
         }
     } else {
-        match memchr(b':', hp) {
+        match find_byte_near(hp, b':') {
             Some(c) => (&hp[..c], Some(parse_port(&hp[c + 1..])?)),
             None => (hp, None),
         }
@@ -279,12 +290,17 @@ impl<'a> Aor<'a> {
     /// The AOR of a From or To header value.
     pub fn from_header(v: &'a [u8]) -> Result<Aor<'a>, AddrError> {
         let na = parse_name_addr(v)?;
-        let uri = parse_uri(na.uri)?;
-        Ok(Aor {
+        Ok(Aor::from_uri(&parse_uri(na.uri)?))
+    }
+
+    /// The AOR of a From or To URI already parsed.
+    #[inline]
+    pub fn from_uri(uri: &Uri<'a>) -> Aor<'a> {
+        Aor {
             scheme: uri.scheme,
             user: uri.user.unwrap_or_default(),
             host: uri.host,
-        })
+        }
     }
 
     /// Whether the percent-decoded user part equals `user` (case-sensitive, RFC 3261 19.1.4).

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use super::addr::{param, params, parse_name_addr};
-use super::scan::{HeaderKind, Message};
+use super::scan::{split_list, HeaderKind, Message, Parties};
 use super::{is_lws, trim_lws};
 
 /// Registration lifetime when neither the Contact nor the request says (RFC 3261 10.2.1.1).
@@ -47,7 +47,9 @@ pub fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-/// Appends `v` with each fold (CRLF followed by white space) replaced by one space.
+/// Appends `v` with each fold (CRLF followed by white space) replaced by one space. Out of line:
+/// only folded requests get here, and the copy of an unfolded value stays small enough to inline.
+#[inline(never)]
 pub fn put_unfolded(out: &mut Vec<u8>, v: &[u8]) {
     if memchr::memchr(b'\n', v).is_none() {
         out.extend_from_slice(v);
@@ -67,28 +69,44 @@ pub fn put_unfolded(out: &mut Vec<u8>, v: &[u8]) {
     }
 }
 
-fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    put_unfolded(out, value);
+/// Appends (part of) a header value of a request whose [`Message::has_folding`] is `folded`. An
+/// unfolded request's values hold no line break, so they are copied without looking for one.
+#[inline]
+fn put_value(out: &mut Vec<u8>, v: &[u8], folded: bool) {
+    if folded {
+        put_unfolded(out, v);
+    } else {
+        out.extend_from_slice(v);
+    }
+}
+
+/// `name` includes the `: ` that follows it.
+#[inline]
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8], folded: bool) {
+    out.extend_from_slice(name);
+    put_value(out, value, folded);
     out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the top Via with `received` and `rport` set to where the request came from; other
 /// parameters keep their order.
 pub fn put_top_via(out: &mut Vec<u8>, via: &[u8], source: SocketAddr) {
-    let semi = memchr::memchr(b';', via).unwrap_or(via.len());
+    write_top_via(out, via, source, true);
+}
+
+fn write_top_via(out: &mut Vec<u8>, via: &[u8], source: SocketAddr, folded: bool) {
+    let semi = super::find_byte(via, b';').unwrap_or(via.len());
     out.extend_from_slice(b"Via: ");
-    put_unfolded(out, trim_lws(&via[..semi]));
+    put_value(out, trim_lws(&via[..semi]), folded);
     for (name, value) in params(&via[semi..]) {
         if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport") {
             continue;
         }
         out.push(b';');
-        put_unfolded(out, name);
+        put_value(out, name, folded);
         if let Some(v) = value {
             out.push(b'=');
-            put_unfolded(out, v);
+            put_value(out, v, folded);
         }
     }
     out.extend_from_slice(b";received=");
@@ -118,11 +136,48 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// The request's To header as a response treats it, known from one parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToState {
+    /// Absent, or not a name-addr: copied as received, never tagged.
+    Unusable,
+    /// Carries a tag already (the request is inside a dialog): copied as received.
+    Tagged,
+    /// Has no tag: a response other than 100 Trying adds one (RFC 3261 8.2.6.2).
+    Untagged,
+}
+
+impl ToState {
+    /// Parses the request's To header; a caller holding [`Parties`] has the answer already.
+    pub fn of(req: &Message<'_>) -> ToState {
+        match req.first(HeaderKind::To).map(parse_name_addr) {
+            Some(Ok(na)) if param(na.params, b"tag").is_some() => ToState::Tagged,
+            Some(Ok(_)) => ToState::Untagged,
+            _ => ToState::Unusable,
+        }
+    }
+
+    /// Whether a response with status `code` adds a To tag.
+    #[inline]
+    pub fn adds_tag(self, code: u16) -> bool {
+        code > 100 && self == ToState::Untagged
+    }
+}
+
+impl From<&Parties<'_>> for ToState {
+    #[inline]
+    fn from(parties: &Parties<'_>) -> ToState {
+        if parties.to_tagged {
+            ToState::Tagged
+        } else {
+            ToState::Untagged
+        }
+    }
+}
+
 /// Whether the To header already carries a tag (the request is inside a dialog).
 pub fn to_has_tag(req: &Message<'_>) -> bool {
-    req.first(HeaderKind::To)
-        .and_then(|v| parse_name_addr(v).ok())
-        .is_some_and(|na| param(na.params, b"tag").is_some())
+    ToState::of(req) == ToState::Tagged
 }
 
 /// Head of a response: the status line and the headers copied from the request, up to (not
@@ -136,38 +191,57 @@ pub fn start_response(
     reason: &str,
     to_tag: &[u8],
 ) {
+    let tag = (ToState::of(req).adds_tag(code) && !to_tag.is_empty()).then_some(to_tag);
+    start_response_with_tag(out, req, source, code, reason, tag);
+}
+
+/// [`start_response`] for a caller that knows the request's [`ToState`] already (from
+/// [`Message::check_request`]) and so derives a tag only when [`ToState::adds_tag`] says one is
+/// added: `Some(tag)` is appended to To, `None` leaves To as received.
+pub fn start_response_with_tag(
+    out: &mut Vec<u8>,
+    req: &Message<'_>,
+    source: SocketAddr,
+    code: u16,
+    reason: &str,
+    to_tag: Option<&[u8]>,
+) {
     out.clear();
     out.extend_from_slice(b"SIP/2.0 ");
     out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut vias = req.vias();
-    if let Some(top) = vias.next() {
-        put_top_via(out, top, source);
-    }
-    for via in vias {
-        put_header(out, "Via", via);
-    }
-    if let Some(from) = req.first(HeaderKind::From) {
-        put_header(out, "From", from);
-    }
-    if let Some(to) = req.first(HeaderKind::To) {
-        put_header(out, "To", to);
-        let taggable = code > 100 && parse_name_addr(to).is_ok() && !to_has_tag(req);
-        if taggable && !to_tag.is_empty() {
-            // The header line just written ends in CRLF; the tag goes before it.
-            out.truncate(out.len() - 2);
-            out.extend_from_slice(b";tag=");
-            out.extend_from_slice(to_tag);
-            out.extend_from_slice(b"\r\n");
+    let folded = req.has_folding();
+    // Nested loops rather than `req.vias()`: the flattening iterator cost more than the copying.
+    let mut top = true;
+    for line in req.lines(HeaderKind::Via) {
+        for via in split_list(line) {
+            if top {
+                write_top_via(out, via, source, folded);
+                top = false;
+            } else {
+                put_header(out, b"Via: ", via, folded);
+            }
         }
     }
+    if let Some(from) = req.first(HeaderKind::From) {
+        put_header(out, b"From: ", from, folded);
+    }
+    if let Some(to) = req.first(HeaderKind::To) {
+        out.extend_from_slice(b"To: ");
+        put_value(out, to, folded);
+        if let Some(tag) = to_tag {
+            out.extend_from_slice(b";tag=");
+            out.extend_from_slice(tag);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(cid) = req.first(HeaderKind::CallId) {
-        put_header(out, "Call-ID", cid);
+        put_header(out, b"Call-ID: ", cid, folded);
     }
     if let Some(cseq) = req.first(HeaderKind::CSeq) {
-        put_header(out, "CSeq", cseq);
+        put_header(out, b"CSeq: ", cseq, folded);
     }
 }
 
@@ -184,42 +258,57 @@ pub fn put_register_contacts(out: &mut Vec<u8>, req: &Message<'_>) {
         .first(HeaderKind::Expires)
         .and_then(super::scan::parse_decimal)
         .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-    for contact in req.values(HeaderKind::Contact) {
-        let Ok(na) = parse_name_addr(contact) else {
-            continue;
-        };
-        if na.uri == b"*" {
-            continue;
+    let folded = req.has_folding();
+    for line in req.lines(HeaderKind::Contact) {
+        for contact in split_list(line) {
+            put_contact(out, contact, header_expires, folded);
         }
-        let expires = match param(na.params, b"expires") {
-            Some(Some(v)) => {
-                super::scan::parse_decimal(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-            }
-            _ => None,
-        }
-        .or(header_expires)
-        .unwrap_or(DEFAULT_EXPIRES);
-        if expires == 0 {
-            continue;
-        }
-        out.extend_from_slice(b"Contact: <");
-        put_unfolded(out, na.uri);
-        out.push(b'>');
-        for (name, value) in params(na.params) {
-            if name.eq_ignore_ascii_case(b"expires") {
-                continue;
-            }
-            out.push(b';');
-            put_unfolded(out, name);
-            if let Some(v) = value {
-                out.push(b'=');
-                put_unfolded(out, v);
-            }
-        }
-        out.extend_from_slice(b";expires=");
-        out.extend_from_slice(itoa::Buffer::new().format(expires).as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
+}
+
+/// One Contact line of [`put_register_contacts`], unless the binding is being removed.
+fn put_contact(out: &mut Vec<u8>, contact: &[u8], header_expires: Option<u32>, folded: bool) {
+    let Ok(na) = parse_name_addr(contact) else {
+        return;
+    };
+    if na.uri == b"*" {
+        return;
+    }
+    // The line is written while its parameters are read, and taken back if the binding turns
+    // out to be a removal: one pass over the parameters instead of two.
+    let line_start = out.len();
+    out.extend_from_slice(b"Contact: <");
+    put_value(out, na.uri, folded);
+    out.push(b'>');
+    // The first `expires` parameter counts, as `param` would find it.
+    let mut own_expires = None;
+    for (name, value) in params(na.params) {
+        if name.eq_ignore_ascii_case(b"expires") {
+            own_expires.get_or_insert(value);
+            continue;
+        }
+        out.push(b';');
+        put_value(out, name, folded);
+        if let Some(v) = value {
+            out.push(b'=');
+            put_value(out, v, folded);
+        }
+    }
+    let expires = match own_expires {
+        Some(Some(v)) => {
+            super::scan::parse_decimal(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        }
+        _ => None,
+    }
+    .or(header_expires)
+    .unwrap_or(DEFAULT_EXPIRES);
+    if expires == 0 {
+        out.truncate(line_start);
+        return;
+    }
+    out.extend_from_slice(b";expires=");
+    out.extend_from_slice(itoa::Buffer::new().format(expires).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

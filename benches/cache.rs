@@ -138,6 +138,28 @@ impl Cache for Moka {
     }
 }
 
+/// The cache sipward uses: two insert-only papaya generations behind `ArcSwap` (src/token/cache.rs).
+/// It stores facts by value and lends them; its "clone" row clones the facts into a new `Arc`,
+/// which is not how sipward reads it, and is shown for completeness only.
+struct Sipward(sipward::token::TokenCache);
+impl Cache for Sipward {
+    fn with(&self, k: u128, now: u64, f: Probe<'_>) -> Option<bool> {
+        self.0.with(sipward::token::TokenKey(k), now, f)
+    }
+    fn get(&self, k: u128, now: u64) -> Option<Arc<TokenFacts>> {
+        self.0
+            .with(sipward::token::TokenKey(k), now, |f| Arc::new(f.clone()))
+    }
+    fn insert(&self, k: u128, e: Entry) {
+        self.0.insert(
+            sipward::token::TokenKey(k),
+            TokenFacts::clone(&e.facts),
+            e.until,
+            0,
+        );
+    }
+}
+
 const ENTRIES: usize = 100_000;
 const CAPACITY: usize = 200_000;
 
@@ -163,6 +185,12 @@ fn candidates() -> Vec<(&'static str, Arc<dyn Cache>)> {
                 CAPACITY,
                 Build::default(),
             ))),
+        ),
+        (
+            // Twice the capacity: each generation holds half, and every entry must stay young
+            // here so that reads measure the common path, not the carry-forward.
+            "sipward_generations",
+            Arc::new(Sipward(sipward::token::TokenCache::new(2 * CAPACITY))),
         ),
         (
             "quick_cache",

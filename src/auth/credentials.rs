@@ -151,6 +151,23 @@ mod tests {
     }
 
     #[test]
+    fn b64token_blocks_and_tails() {
+        // Lengths around the 32-byte blocks, with a bad byte at every position and padding after.
+        for len in 1..=70 {
+            let mut t: Vec<u8> = (0..len).map(|i| b"aZ09-._~+/"[i % 10]).collect();
+            assert!(is_b64token(&t), "{len}");
+            t.extend_from_slice(b"==");
+            assert!(is_b64token(&t), "{len} padded");
+            for at in 0..len {
+                let keep = t[at];
+                t[at] = b'!';
+                assert!(!is_b64token(&t), "{len} bad at {at}");
+                t[at] = keep;
+            }
+        }
+    }
+
+    #[test]
     fn b64token_grammar() {
         assert!(is_b64token(b"a"));
         assert!(is_b64token(b"a=="));

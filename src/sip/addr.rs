@@ -144,6 +144,30 @@ pub fn params(p: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
     })
 }
 
+/// The parameters of `p` as written, `name[=value]` each, without their `;` and untrimmed. For a `p`
+/// without white space this is [`params`] without the trimming it would not need: each item is
+/// its name, then `=` and its value if it has one.
+pub(crate) fn param_items(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = p;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let r = if rest[0] == b';' { &rest[1..] } else { rest };
+        let end = param_end(r);
+        rest = &r[end..];
+        if end > 0 {
+            return Some(&r[..end]);
+        }
+    })
+}
+
+/// The name of a parameter item from [`param_items`].
+#[inline]
+pub(crate) fn item_name(item: &[u8]) -> &[u8] {
+    &item[..find_byte_near(item, b'=').unwrap_or(item.len())]
+}
+
 /// Where the parameter at the start of `r` ends: at the first `;` outside a quoted string, or at
 /// the end. An unterminated quote runs to the end.
 #[inline]
@@ -414,6 +438,62 @@ mod tests {
         );
         assert_eq!(param(b";lr", b"lr"), Some(None));
         assert_eq!(param(b";lr", b"tag"), None);
+    }
+
+    #[test]
+    fn params_with_quotes_and_stray_equals() {
+        let p: Vec<_> = params(b";a=\"x;y=z\";b;\"q=1\";c=\"open;d").collect();
+        assert_eq!(
+            p,
+            vec![
+                (&b"a"[..], Some(&b"\"x;y=z\""[..])),
+                (&b"b"[..], None),
+                // The first `=` splits, even inside quotes.
+                (&b"\"q"[..], Some(&b"1\""[..])),
+                // An unterminated quote runs to the end.
+                (&b"c"[..], Some(&b"\"open;d"[..])),
+            ]
+        );
+        let p: Vec<_> = params(b" ; a = \"b c\" ;; ").collect();
+        assert_eq!(p, vec![(&b"a"[..], Some(&b"\"b c\""[..]))]);
+    }
+
+    #[test]
+    fn param_items_are_params_when_there_is_nothing_to_trim() {
+        for p in [
+            &b";branch=z9hG4bK776asdhds;rport"[..],
+            b";+sip.instance=\"<urn:uuid:f81d4fae>\";reg-id=1;expires=60",
+            b";a=\"x;y=z\";b;\"q=1\";;c=\"open;d",
+            b"lr;;x=;=y",
+            b"",
+            b";",
+        ] {
+            let raw: Vec<_> = param_items(p)
+                .map(|item| {
+                    let name = item_name(item);
+                    (name, item.get(name.len() + 1..))
+                })
+                .collect();
+            assert_eq!(raw, params(p).collect::<Vec<_>>(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn quoted_display_names_with_escapes() {
+        let na = parse_name_addr(b"\"a\\\\\" <sip:x@h>").unwrap();
+        assert_eq!(na.display, Some(&b"\"a\\\\\""[..]));
+        let na = parse_name_addr(b"\"a\\\"b\\\\\"<sip:x@h>").unwrap();
+        assert_eq!(na.display, Some(&b"\"a\\\"b\\\\\""[..]));
+        assert_eq!(na.uri, b"sip:x@h");
+        // An escape at the very end leaves the quote open.
+        assert_eq!(
+            parse_name_addr(b"\"abc\\").unwrap_err(),
+            AddrError::Unquoted
+        );
+        assert_eq!(
+            parse_name_addr(b"\"abc\\\"").unwrap_err(),
+            AddrError::Unquoted
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub(crate) fn find_byte(s: &[u8], b: u8) -> Option<usize> {
 
 /// Where `b` first occurs in `s`, for the searches that usually stop within a few bytes (the `:`
 /// after a URI scheme, the `<` after a display name): a plain loop, inlined, is cheaper there than
-/// the call to [`find_either`], and cheaper than `memchr`'s run-time dispatch anywhere in a value.
+/// the call to [`find_either`] or `memchr`'s run-time dispatch.
 #[inline]
 pub(crate) fn find_byte_near(s: &[u8], b: u8) -> Option<usize> {
     s.iter().position(|&x| x == b)
@@ -86,30 +86,48 @@ pub(crate) fn first_marked(marks: u64) -> usize {
 }
 
 /// Where `a` or `b` first occurs in `s`. Eight bytes are tested at a time as one `u64` (about ten
-/// instructions, against four per byte for a byte-wise loop); the tail goes byte by byte.
-#[inline]
+/// instructions, against four per byte for a byte-wise loop); only a slice shorter than eight
+/// goes byte by byte. Out of line: the respond path runs its code once per request, straight
+/// through, and every inlined copy of a helper is more code to fetch; that cost more than the
+/// calls (the path's code had outgrown the instruction cache).
+#[inline(never)]
 pub(crate) fn find_either(s: &[u8], a: u8, b: u8) -> Option<usize> {
     let (pa, pb) = (LOW_BITS * u64::from(a), LOW_BITS * u64::from(b));
-    let mut words = s.chunks_exact(8);
-    let mut base = 0;
-    for word in &mut words {
-        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
-        let hits = zero_bytes(word ^ pa) | zero_bytes(word ^ pb);
-        if hits != 0 {
-            return Some(base + first_marked(hits));
-        }
-        base += 8;
+    let hits = |at: usize| {
+        let word = u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+        zero_bytes(word ^ pa) | zero_bytes(word ^ pb)
+    };
+    let n = s.len();
+    if n < 8 {
+        return s.iter().position(|&x| x == a || x == b);
     }
-    words
-        .remainder()
-        .iter()
-        .position(|&x| x == a || x == b)
-        .map(|i| base + i)
+    let mut at = 0;
+    while at + 8 <= n {
+        let found = hits(at);
+        if found != 0 {
+            return Some(at + first_marked(found));
+        }
+        at += 8;
+    }
+    // The last eight bytes, overlapping ones already searched: those hold no match, so the first
+    // mark is a byte not searched yet.
+    let found = if at < n { hits(n - 8) } else { 0 };
+    (found != 0).then(|| n - 8 + first_marked(found))
 }
 
-/// `s` without leading and trailing linear white space.
+/// `s` without leading and trailing linear white space. Most slices have none: a byte above space
+/// at each end settles that inline, and only the rest call the loop that trims.
 #[inline]
-pub(crate) fn trim_lws(mut s: &[u8]) -> &[u8] {
+pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
+    match (s.first(), s.last()) {
+        (Some(&first), Some(&last)) if first > b' ' && last > b' ' => s,
+        (None, _) | (_, None) => s,
+        _ => trim_lws_loop(s),
+    }
+}
+
+#[inline(never)]
+fn trim_lws_loop(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
         if is_lws(*first) {
             s = rest;
@@ -125,4 +143,66 @@ pub(crate) fn trim_lws(mut s: &[u8]) -> &[u8] {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic filler bytes: every value turns up, often next to its neighbours, which is
+    /// where a borrow or a carry between the bytes of a word would go wrong.
+    fn filler(seed: usize, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (seed.wrapping_mul(31).wrapping_add(i * 97) % 256) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn word_searches_agree_with_byte_loops() {
+        for len in 0..=27 {
+            for seed in 0..8 {
+                let mut s = filler(seed, len);
+                for at in 0..=len {
+                    for b in 0..=u8::MAX {
+                        if at < len {
+                            s[at] = b;
+                        }
+                        for (x, y) in [(b, b), (b';', b), (b, b'"'), (0, 0xff)] {
+                            let want = s.iter().position(|&c| c == x || c == y);
+                            assert_eq!(find_either(&s, x, y), want, "{s:?} {x} {y}");
+                        }
+                        assert_eq!(find_byte(&s, b), s.iter().position(|&c| c == b));
+                        assert_eq!(find_byte_near(&s, b), s.iter().position(|&c| c == b));
+                        assert_eq!(has_lws(&s), s.iter().any(|&c| is_lws(c)), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn word_masks_mark_the_first_matching_byte() {
+        for seed in 0..256 {
+            let bytes = filler(seed, 8);
+            for at in 0..8 {
+                for b in 0..=u8::MAX {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&bytes);
+                    w[at] = b;
+                    let word = u64::from_le_bytes(w);
+                    let first = |marks: u64| (marks != 0).then(|| first_marked(marks));
+                    for n in [0x01, 0x21, 0x30, 0x80] {
+                        let want = w.iter().position(|&c| c < n);
+                        assert_eq!(first(bytes_below(word, n)), want, "{w:?} below {n}");
+                    }
+                    for n in [0x00, 0x3a, 0x7e] {
+                        let want = w.iter().position(|&c| c > n);
+                        assert_eq!(first(bytes_above(word, n)), want, "{w:?} above {n}");
+                    }
+                    let want = w.iter().position(|&c| c == 0);
+                    assert_eq!(first(zero_bytes(word)), want, "{w:?} zero");
+                }
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@
 use memchr::memchr;
 use smallvec::SmallVec;
 
-use super::addr::{param, parse_name_addr, parse_uri, Aor, NameAddr, Uri};
+use super::addr::{param, parse_name_addr, parse_uri, Aor, Uri};
 use super::trim_lws;
 
 /// Headers kept on the stack; a message with more spills to the heap, which is correct but slower.
@@ -277,12 +277,14 @@ impl Problem {
     }
 }
 
-/// A From or To header value as [`Message::check_request`] parsed it.
+/// A From or To header value as [`Message::check_request`] parsed it: what the respond path uses
+/// of it. (The display name is left out: it is never used, and this is moved with every pending
+/// request.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Party<'a> {
-    pub addr: NameAddr<'a>,
-    /// `addr.uri`, parsed.
     pub uri: Uri<'a>,
+    /// The header parameters, as [`crate::sip::NameAddr::params`].
+    pub params: &'a [u8],
 }
 
 impl<'a> Party<'a> {
@@ -332,64 +334,53 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         after_headers: Span::new(buf.len(), buf.len()),
         folded: false,
     };
-    msg.scan_headers(lf, pos)?;
-    Ok(msg)
-}
-
-impl Message<'_> {
-    /// Reads the header lines from `pos` (just after the start line) into `self`.
-    #[inline]
-    fn scan_headers(&mut self, lf: LineFeeds, mut pos: usize) -> Result<(), ScanError> {
-        let buf = self.buf;
-        let msg = self;
-        while pos < buf.len() {
-            let (line, next) = line_at(lf, buf, pos);
-            if line.0 == line.1 {
-                msg.after_headers = Span::new(next, buf.len());
-                break;
-            }
-            let first = buf[line.0];
-            if first == b' ' || first == b'\t' {
-                let last = msg
-                    .headers
-                    .last_mut()
-                    .ok_or(ScanError::OrphanContinuation)?;
-                msg.folded = true;
-                if let Some((cs, ce)) = content_bounds(&buf[line.0..line.1]) {
-                    // The value now spans the fold; CRLF + WSP inside it reads as white space.
-                    if last.value.start == last.value.end {
-                        last.value = Span::new(line.0 + cs, line.0 + ce);
-                    } else {
-                        last.value.end = (line.0 + ce) as u32;
-                    }
-                }
-                last.raw.end = next as u32;
-            } else {
-                let (name_start, name_end, colon) = name_and_colon(buf, line)?;
-                let name = &buf[name_start..name_end];
-                let kind = HeaderKind::classify(name);
-                let (vs, ve) = content_bounds(&buf[colon + 1..line.1]).unwrap_or((0, 0));
-                let (vstart, vend) = (colon + 1 + vs, colon + 1 + ve);
-                let header = Header {
-                    kind,
-                    name: Span::new(name_start, name_end),
-                    value: Span::new(vstart, vend),
-                    raw: Span::new(line.0, next),
-                };
-                if let Some(slot) = kind.single_slot() {
-                    if msg.single[slot] == 0 {
-                        // Fits: there are fewer header lines than bytes, and the length fits in u32.
-                        msg.single[slot] = (msg.headers.len() + 1) as u32;
-                    } else {
-                        msg.duplicates |= 1 << slot;
-                    }
-                }
-                msg.headers.push(header);
-            }
-            pos = next;
+    while pos < buf.len() {
+        let (line, next) = line_at(lf, buf, pos);
+        if line.0 == line.1 {
+            msg.after_headers = Span::new(next, buf.len());
+            break;
         }
-        Ok(())
+        let first = buf[line.0];
+        if first == b' ' || first == b'\t' {
+            let last = msg
+                .headers
+                .last_mut()
+                .ok_or(ScanError::OrphanContinuation)?;
+            msg.folded = true;
+            if let Some((cs, ce)) = content_bounds(&buf[line.0..line.1]) {
+                // The value now spans the fold; CRLF + WSP inside it reads as white space.
+                if last.value.start == last.value.end {
+                    last.value = Span::new(line.0 + cs, line.0 + ce);
+                } else {
+                    last.value.end = (line.0 + ce) as u32;
+                }
+            }
+            last.raw.end = next as u32;
+        } else {
+            let (name_start, name_end, colon) = name_and_colon(buf, line)?;
+            let name = &buf[name_start..name_end];
+            let kind = HeaderKind::classify(name);
+            let (vs, ve) = content_bounds(&buf[colon + 1..line.1]).unwrap_or((0, 0));
+            let (vstart, vend) = (colon + 1 + vs, colon + 1 + ve);
+            let header = Header {
+                kind,
+                name: Span::new(name_start, name_end),
+                value: Span::new(vstart, vend),
+                raw: Span::new(line.0, next),
+            };
+            if let Some(slot) = kind.single_slot() {
+                if msg.single[slot] == 0 {
+                    // Fits: there are fewer header lines than bytes, and the length fits in u32.
+                    msg.single[slot] = (msg.headers.len() + 1) as u32;
+                } else {
+                    msg.duplicates |= 1 << slot;
+                }
+            }
+            msg.headers.push(header);
+        }
+        pos = next;
     }
+    Ok(msg)
 }
 
 /// Where the header name on `line` starts and ends, and where its colon is: the name is what
@@ -662,7 +653,10 @@ impl<'a> Message<'a> {
 
     #[inline]
     pub fn top_via(&self) -> Option<&'a [u8]> {
-        self.vias().next()
+        // The first element of the first Via line that has one, as `vias().next()`, without the
+        // bookkeeping of the flattening iterator.
+        self.lines(HeaderKind::Via)
+            .find_map(|line| split_list(line).next())
     }
 
     /// The header section's end and the body as received (datagrams may carry trailing bytes that
@@ -697,6 +691,9 @@ impl<'a> Message<'a> {
 
     /// The header that occurs more than once although it must not, if any.
     pub fn duplicate(&self) -> Option<HeaderKind> {
+        if self.duplicates == 0 {
+            return None;
+        }
         (0..SINGLE_KINDS.len())
             .find(|i| self.duplicates & (1 << i) != 0)
             .map(|i| SINGLE_KINDS[i])
@@ -769,7 +766,7 @@ impl<'a> Message<'a> {
         Ok(Parties {
             from,
             to,
-            to_tagged: param(to.addr.params, b"tag").is_some(),
+            to_tagged: param(to.params, b"tag").is_some(),
         })
     }
 }
@@ -777,7 +774,10 @@ impl<'a> Message<'a> {
 fn party(v: &[u8]) -> Option<Party<'_>> {
     let addr = parse_name_addr(v).ok()?;
     let uri = parse_uri(addr.uri).ok()?;
-    Some(Party { addr, uri })
+    Some(Party {
+        uri,
+        params: addr.params,
+    })
 }
 
 /// CSeq value: (sequence number, method).
@@ -1178,6 +1178,49 @@ Via: SIP/2.0/UDP c;branch=z9hG4bK3;x=\"q,uoted\"\r\nv: SIP/2.0/UDP d;branch=z9hG
             scan(b"OPTIONS sip:h SIP/2.0\r\nV\x01a: x\r\n").unwrap_err(),
             ScanError::BadHeaderName
         );
+    }
+
+    #[test]
+    fn name_run_agrees_with_a_byte_loop() {
+        let plain = |b: &[u8]| b.iter().position(|&c| !is_name_byte(c)).unwrap_or(b.len());
+        for len in 0..=20 {
+            let mut line: Vec<u8> = (0..len).map(|i| b"Content-Length: 0"[i % 17]).collect();
+            for at in 0..len {
+                for b in 0..=u8::MAX {
+                    let keep = line[at];
+                    line[at] = b;
+                    assert_eq!(name_run(&line), plain(&line), "{line:?}");
+                    line[at] = keep;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn folding_is_recorded() {
+        assert!(!scan(REGISTER).unwrap().has_folding());
+        let m = scan(b"OPTIONS sip:h SIP/2.0\r\nSubject: a\r\n b\r\n\r\n").unwrap();
+        assert!(m.has_folding());
+    }
+
+    #[test]
+    fn check_request_hands_on_from_and_to_parsed() {
+        let m = scan(REGISTER).unwrap();
+        let parties = m.check_request().unwrap();
+        let from = Aor::from_header(m.first(HeaderKind::From).unwrap()).unwrap();
+        let to = Aor::from_header(m.first(HeaderKind::To).unwrap()).unwrap();
+        assert_eq!(parties.from.aor(), from);
+        assert_eq!(parties.to.aor(), to);
+        assert_eq!(parties.from.params, b";tag=1928301774");
+        assert_eq!(parties.to.uri.host, b"example.com");
+        assert!(!parties.to_tagged);
+        let tagged = String::from_utf8(REGISTER.to_vec()).unwrap().replace(
+            "To: \"Alice\" <sip:alice@example.com>",
+            "t: <sip:alice@example.com> ;TAG=x",
+        );
+        let m = scan(tagged.as_bytes()).unwrap();
+        assert!(m.check_request().unwrap().to_tagged);
+        assert!(crate::sip::reply::to_has_tag(&m));
     }
 
     #[test]

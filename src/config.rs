@@ -197,11 +197,16 @@ impl Default for RawRemote {
 #[serde(deny_unknown_fields, default)]
 pub struct RawRespond {
     pub status: u16,
+    /// URI for the Contact of a 2xx to INVITE (RFC 3261 13.3.1.4: it MUST carry one).
+    pub contact: Option<String>,
 }
 
 impl Default for RawRespond {
     fn default() -> RawRespond {
-        RawRespond { status: 200 }
+        RawRespond {
+            status: 200,
+            contact: None,
+        }
     }
 }
 
@@ -250,6 +255,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub policy: Policy,
     pub respond_status: u16,
+    /// `[respond] contact`: the URI a 2xx to INVITE names in its Contact; without it the
+    /// Request-URI stands in.
+    pub respond_contact: Option<String>,
     pub source: SourceConfig,
     pub cache: CacheConfig,
 }
@@ -282,6 +290,27 @@ fn check_quotable(key: &str, v: &str) -> Result<(), ConfigError> {
             key,
             "must not contain quotes, backslashes or control characters",
         ));
+    }
+    Ok(())
+}
+
+/// A URI that goes between `<` and `>` in a Contact header as written.
+fn check_contact_uri(v: &str) -> Result<(), ConfigError> {
+    let key = "respond.contact";
+    let lower = v.to_ascii_lowercase();
+    if !(lower.starts_with("sip:") || lower.starts_with("sips:")) {
+        return Err(invalid(key, "must be a sip: or sips: URI"));
+    }
+    if v.chars()
+        .any(|c| c == '<' || c == '>' || c == '"' || c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            key,
+            "must not contain angle brackets, quotes, white space or control characters",
+        ));
+    }
+    if crate::sip::parse_uri(v.as_bytes()).is_err() {
+        return Err(invalid(key, "is not a SIP URI"));
     }
     Ok(())
 }
@@ -512,6 +541,9 @@ impl RawConfig {
                 "must be a final status, 200 to 699",
             ));
         }
+        if let Some(contact) = &self.respond.contact {
+            check_contact_uri(contact)?;
+        }
         let c = &self.cache;
         if c.max_entries == 0 {
             return Err(invalid("cache.max_entries", "must be at least 1"));
@@ -596,6 +628,7 @@ impl RawConfig {
                 audience,
             },
             respond_status: self.respond.status,
+            respond_contact: self.respond.contact.clone(),
             source,
             cache: CacheConfig {
                 max_entries: c.max_entries,
@@ -649,6 +682,7 @@ authz_server = "https://as.example.com"
 file = "tokens.toml"
 [respond]
 status = 202
+contact = "sip:sipward@192.0.2.1:5070;transport=tcp"
 "#,
             Path::new("/etc/sipward"),
         )
@@ -663,6 +697,20 @@ status = 202
             matches!(&c.source, SourceConfig::Static(p) if p == Path::new("/etc/sipward/tokens.toml"))
         );
         assert_eq!(c.respond_status, 202);
+        assert_eq!(
+            c.respond_contact.as_deref(),
+            Some("sip:sipward@192.0.2.1:5070;transport=tcp")
+        );
+    }
+
+    #[test]
+    fn respond_contact_must_be_a_bare_sip_uri() {
+        for bad in ["http://h", "<sip:h>", "sip:a b@h", r"sip:h\r\nX: 1", "sip:"] {
+            let e = err(&format!("[respond]\ncontact = \"{bad}\"\n"));
+            assert!(e.starts_with("respond.contact:"), "{bad}: {e}");
+        }
+        let c = Config::parse("[respond]\ncontact = \"SIPS:h\"\n", Path::new(".")).unwrap();
+        assert_eq!(c.respond_contact.as_deref(), Some("SIPS:h"));
     }
 
     #[test]

@@ -23,6 +23,16 @@ use super::verdict::{judge, response_for, Lookup, Outcome};
 /// write; longer ones are hashed in six.
 const TAG_INPUT: usize = 192;
 
+/// The sequence number of a CSeq value as written, without the method.
+fn cseq_number(v: &[u8]) -> &[u8] {
+    let v = v.trim_ascii_start();
+    let end = v
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(v.len());
+    &v[..end]
+}
+
 /// Why a message got no response. Each is counted by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -93,6 +103,8 @@ pub struct Engine {
     /// Status for requests that pass (`[respond] status`).
     pub respond_status: u16,
     tag_key: (u64, u64),
+    /// `[respond] contact`, for the Contact of a 2xx to INVITE; `None` names the Request-URI.
+    contact: Option<Box<[u8]>>,
 }
 
 impl Engine {
@@ -103,7 +115,15 @@ impl Engine {
             policy,
             respond_status,
             tag_key,
+            contact: None,
         }
+    }
+
+    /// Sets the URI a 2xx to INVITE gives as its Contact (RFC 3261 13.3.1.4 requires one; in-dialog
+    /// requests such as the ACK and BYE go there).
+    pub fn with_contact(mut self, uri: Option<&str>) -> Engine {
+        self.contact = uri.map(|u| u.as_bytes().into());
+        self
     }
 
     /// First half: everything that needs no token.
@@ -233,8 +253,13 @@ impl Engine {
     fn to_tag(&self, msg: &Message<'_>) -> [u8; 16] {
         // Deterministic in what identifies the request, so a retransmission gets the same tag.
         let mut h = SipHasher13::new_with_keys(self.tag_key.0, self.tag_key.1);
-        let parts = [HeaderKind::CallId, HeaderKind::From, HeaderKind::CSeq]
-            .map(|kind| msg.first(kind).unwrap_or_default());
+        // The CSeq number without the method: a CANCEL carries its INVITE's number, and RFC 3261
+        // 9.2 wants the 200 to the CANCEL to bear the same To tag as the INVITE's response.
+        let parts = [
+            msg.first(HeaderKind::CallId).unwrap_or_default(),
+            msg.first(HeaderKind::From).unwrap_or_default(),
+            cseq_number(msg.first(HeaderKind::CSeq).unwrap_or_default()),
+        ];
         // The hash is of a byte stream, however it is cut into writes: the three values and their
         // separators are gathered into one write when they fit, cheaper than six short writes that
         // each merge into the hasher's buffered tail.
@@ -282,6 +307,21 @@ impl Engine {
         start_response_with_tag(out, msg, source, code, reason, tag.as_ref().map(|t| &t[..]));
     }
 
+    fn put_invite_contact(&self, out: &mut Vec<u8>, msg: &Message<'_>) {
+        // Without a configured URI the Request-URI stands in: the client reached this server with
+        // it. One that could not sit between angle brackets is left out rather than mangled.
+        let uri = match &self.contact {
+            Some(uri) => &uri[..],
+            None => match msg.request_uri() {
+                Some(u) if !u.iter().any(|&b| b == b'<' || b == b'>') => u,
+                _ => return,
+            },
+        };
+        out.extend_from_slice(b"Contact: <");
+        out.extend_from_slice(uri);
+        out.extend_from_slice(b">\r\n");
+    }
+
     /// A response to a request that failed [`Message::check_request`], whose To may not parse.
     fn reply_problem(
         &self,
@@ -319,8 +359,10 @@ impl Engine {
             code,
             crate::sip::reply::reason_phrase(code),
         );
-        if msg.method() == Some(Method::Register) && (200..300).contains(&code) {
-            put_register_contacts(out, msg);
+        match msg.method() {
+            Some(Method::Register) if (200..300).contains(&code) => put_register_contacts(out, msg),
+            Some(Method::Invite) if (200..300).contains(&code) => self.put_invite_contact(out, msg),
+            _ => {}
         }
         finish_response(out);
         Done::Replied { code, outcome }
@@ -659,31 +701,106 @@ To: <sip:a@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n";
         assert!(text.starts_with("SIP/2.0 400 Missing Call-ID header\r\n"));
     }
 
+    /// SipHash-1-3 of Call-ID, From and the CSeq number, each followed by 0xff, in six writes.
+    fn six_write_tag(req: &Message<'_>) -> Vec<u8> {
+        let mut h = SipHasher13::new_with_keys(1, 2);
+        h.write(req.first(HeaderKind::CallId).unwrap());
+        h.write_u8(0xff);
+        h.write(req.first(HeaderKind::From).unwrap());
+        h.write_u8(0xff);
+        h.write(cseq_number(req.first(HeaderKind::CSeq).unwrap()));
+        h.write_u8(0xff);
+        format!("{:016x}", h.finish()).into_bytes()
+    }
+
     #[test]
-    fn to_tag_derivation_is_unchanged() {
-        // SipHash-1-3 of Call-ID, From and CSeq, each followed by 0xff, hashed in one write or in
-        // six: the value pinned here is what the six writes gave before they were joined.
+    fn to_tag_is_the_hash_whether_joined_or_not() {
+        // Short values are hashed in one write, long ones in six: the tag is the same function.
         let e = Engine::new(Policy::default(), 200, (1, 2));
-        let msg = b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\n\
-From: \"A\" <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c@h\r\nCSeq: 1 OPTIONS\r\n\r\n";
-        let (_, text) = run(&e, msg, Lookup::NoSource);
+        let short = "OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\n\
+From: \"A\" <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c@h\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            .to_string();
+        let long = short.replace("c@h", &"x".repeat(TAG_INPUT));
+        for msg in [short, long] {
+            let req = scan(msg.as_bytes()).unwrap();
+            let tag = six_write_tag(&req);
+            assert_eq!(&e.to_tag(&req)[..], &tag[..]);
+            let (_, text) = run(&e, msg.as_bytes(), Lookup::NoSource);
+            let to = format!(
+                "\r\nTo: <sip:b@h>;tag={}\r\n",
+                String::from_utf8(tag).unwrap()
+            );
+            assert!(text.contains(&to), "{text}");
+        }
+    }
+
+    #[test]
+    fn cancel_200_bears_the_same_to_tag_as_the_invite_response() {
+        // Found with SIPp: the tag hashed the CSeq method too, so INVITE and CANCEL differed.
+        let e = Engine::new(Policy::default(), 486, (1, 2));
+        let req = |method: &str| {
+            format!(
+                "{method} sip:bob@h SIP/2.0\r\nVia: SIP/2.0/UDP c;branch=z9hG4bKi\r\n\
+From: <sip:alice@h>;tag=f\r\nTo: <sip:bob@h>\r\nCall-ID: call-1\r\nCSeq: 7 {method}\r\n\r\n"
+            )
+        };
+        let policy = Policy {
+            methods: vec![b"REGISTER"[..].into()],
+            ..Policy::default()
+        };
+        let e = Engine { policy, ..e };
+        let to = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("To:"))
+                .unwrap()
+                .to_string()
+        };
+        let (done, invite) = run(&e, req("INVITE").as_bytes(), Lookup::NoSource);
+        assert!(matches!(done, Done::Replied { code: 486, .. }), "{invite}");
+        let (done, cancel) = run(&e, req("CANCEL").as_bytes(), Lookup::NoSource);
+        assert!(matches!(done, Done::Replied { code: 200, .. }), "{cancel}");
+        assert!(to(&invite).contains(";tag="), "{invite}");
+        assert_eq!(to(&invite), to(&cancel));
+        // A new transaction in the same call (next CSeq) is a different response.
+        let (_, next) = run(
+            &e,
+            req("INVITE").replace("7 INVITE", "8 INVITE").as_bytes(),
+            Lookup::NoSource,
+        );
+        assert_ne!(to(&invite), to(&next));
+    }
+
+    #[test]
+    fn invite_2xx_carries_a_contact() {
+        let policy = Policy {
+            methods: vec![b"REGISTER"[..].into()],
+            ..Policy::default()
+        };
+        let invite =
+            b"INVITE sip:bob@192.0.2.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP c;branch=z9hG4bKi\r\n\
+From: <sip:alice@h>;tag=f\r\nTo: <sip:bob@h>\r\nCall-ID: call-1\r\nCSeq: 1 INVITE\r\n\r\n";
+        // Without [respond] contact, the Request-URI the client used.
+        let e = Engine::new(policy.clone(), 200, (1, 2));
+        let (_, text) = run(&e, invite, Lookup::NoSource);
         assert!(
-            text.contains("\r\nTo: <sip:b@h>;tag=ae96c9afdc4a881d\r\n"),
+            text.contains("\r\nContact: <sip:bob@192.0.2.9:5060>\r\n"),
             "{text}"
         );
-        // Values too long to join go through the six writes; the tag is still their hash.
-        let long = "x".repeat(TAG_INPUT);
-        let msg = format!(
-            "OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKo\r\nFrom: <sip:a@h>;tag=1\r\n\
-To: <sip:b@h>\r\nCall-ID: {long}\r\nCSeq: 1 OPTIONS\r\n\r\n"
+        let e = e.with_contact(Some("sip:sipward@198.51.100.1:5070;transport=tcp"));
+        let (_, text) = run(&e, invite, Lookup::NoSource);
+        assert!(
+            text.contains("\r\nContact: <sip:sipward@198.51.100.1:5070;transport=tcp>\r\n"),
+            "{text}"
         );
-        let req = scan(msg.as_bytes()).unwrap();
-        let mut h = SipHasher13::new_with_keys(1, 2);
-        for kind in [HeaderKind::CallId, HeaderKind::From, HeaderKind::CSeq] {
-            h.write(req.first(kind).unwrap());
-            h.write_u8(0xff);
-        }
-        assert_eq!(e.to_tag(&req), format!("{:016x}", h.finish()).as_bytes());
+        assert_eq!(text.matches("Contact:").count(), 1, "{text}");
+        // Not on a failure, nor on a 2xx to another method.
+        let e = Engine::new(policy.clone(), 486, (1, 2)).with_contact(Some("sip:s@h"));
+        let (_, text) = run(&e, invite, Lookup::NoSource);
+        assert!(!text.contains("Contact:"), "{text}");
+        let e = Engine::new(policy, 200, (1, 2)).with_contact(Some("sip:s@h"));
+        let options = String::from_utf8_lossy(invite).replace("INVITE", "OPTIONS");
+        let (_, text) = run(&e, options.as_bytes(), Lookup::NoSource);
+        assert!(!text.contains("Contact:"), "{text}");
     }
 
     #[test]

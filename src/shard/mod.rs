@@ -59,7 +59,8 @@ impl Shared {
                 cfg.policy.clone(),
                 cfg.respond_status,
                 crate::token::random_keys(),
-            ),
+            )
+            .with_contact(cfg.respond_contact.as_deref()),
             tokens: TokenService::new(source, &cfg.cache, TokenHasher::random()),
             server: cfg.server.clone(),
         })

@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Engine;
 use crate::config::{Config, ConfigError, ServerConfig, SourceConfig};
-use crate::token::http::{RemoteSource, SideRuntime};
+use crate::token::http::RemoteSource;
 use crate::token::{StaticTokens, TokenHasher, TokenService, TokenSource};
 
 pub use driver::Driver;
@@ -44,9 +44,7 @@ impl Shared {
                 Some(Arc::new(st))
             }
             SourceConfig::Remote(remote) => {
-                let runtime =
-                    SideRuntime::start().map_err(|e| ConfigError::Parse(e.to_string()))?;
-                let src = RemoteSource::new(remote.clone(), runtime)
+                let src = RemoteSource::new(remote.clone())
                     .map_err(|e| ConfigError::Parse(e.to_string()))?;
                 let hosts: Vec<String> = remote.urls.iter().map(ToString::to_string).collect();
                 tracing::info!(kind = src.name(), hosts = ?hosts, "remote token source ready");

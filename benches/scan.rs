@@ -24,31 +24,9 @@ use sipward::auth::{bearer, Credentials};
 use sipward::sip::reply::to_has_tag;
 use sipward::sip::{scan, Aor, HeaderKind};
 
-/// A JWT-like bearer token (three base64url segments; not a real signed JWT), 150 characters.
-const TOKEN: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.\
-eyJzdWIiOiJhbGljZSIsImF1ZCI6InNpcCIsImV4cCI6MjAwMDAwMDAwMH0.\
-MEUCIQDx3kq9Lr7aVb2p0fGg4sHtS1nWcQx8yZ5mJ0uKeTqWBgIgZ";
-
-/// A REGISTER as a softphone sends it to a registrar, with a Bearer token (RFC 8898).
-fn register() -> Vec<u8> {
-    format!(
-        "REGISTER sip:example.com SIP/2.0\r\n\
-Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport\r\n\
-Max-Forwards: 70\r\n\
-From: \"Alice\" <sip:alice@example.com>;tag=1928301774\r\n\
-To: \"Alice\" <sip:alice@example.com>\r\n\
-Call-ID: a84b4c76e66710@pc33.example.com\r\n\
-CSeq: 1 REGISTER\r\n\
-Contact: <sip:alice@192.0.2.10:5060>;+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\";reg-id=1\r\n\
-Expires: 600\r\n\
-Authorization: Bearer {TOKEN}\r\n\
-Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n\
-Supported: path, outbound\r\n\
-User-Agent: Phone/2.1\r\n\
-Content-Length: 0\r\n\r\n"
-    )
-    .into_bytes()
-}
+#[path = "fixtures/register.rs"]
+mod fixtures;
+use fixtures::{register, TOKEN};
 
 /// What the respond-mode decision needs from a REGISTER, borrowed from the buffer.
 struct Extracted<'a> {
@@ -118,7 +96,7 @@ fn naive_extract(buf: &[u8]) -> Option<(String, String, String, String)> {
 }
 
 fn bench_scan(c: &mut Criterion) {
-    let msg = register();
+    let msg = register(true);
     println!(
         "REGISTER under test: {} bytes, token {} characters",
         msg.len(),

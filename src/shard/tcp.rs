@@ -24,8 +24,15 @@ const WRITE_QUEUE: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
 
 pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
+    let mut stop = ctx.stop.clone();
+    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
     loop {
-        match listener.accept().await {
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            // The listener closes when this returns: new connections are refused by the kernel.
+            _ = &mut stopped => break,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 if ctx.tcp_conns.get() >= ctx.shared.server.tcp_max_connections {
                     bump(&ctx.stats.tcp_refused);
@@ -77,6 +84,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(2048);
     let mut batch: Vec<u8> = Vec::new();
+    let mut stop = ctx.stop.clone();
+    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
     'conn: loop {
         let mut pos = 0;
         let mut close = false;
@@ -100,7 +109,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                 Frame::TooLarge => {
                     bump(&ctx.stats.dropped_oversize);
                     let head = &buf[pos..buf.len().min(pos + max)];
-                    let done = ctx.shared.engine.too_large(head, peer, &mut out);
+                    let done = ctx.shared.engine.load().too_large(head, peer, &mut out);
                     framing_reply(ctx, done, &out, &mut batch);
                     close = true;
                     break;
@@ -112,10 +121,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                         } else {
                             "Malformed Content-Length header"
                         };
-                    let done =
-                        ctx.shared
-                            .engine
-                            .bad_framing(&buf[pos..pos + h], reason, peer, &mut out);
+                    let done = ctx.shared.engine.load().bad_framing(
+                        &buf[pos..pos + h],
+                        reason,
+                        peer,
+                        &mut out,
+                    );
                     framing_reply(ctx, done, &out, &mut batch);
                     // Without a length the next message's start is unknown: the stream is lost.
                     close = true;
@@ -134,7 +145,11 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
             buf.reserve(READ_CHUNK);
         }
         let len = buf.len();
-        let read = monoio::time::timeout(idle, rd.read(buf.slice_mut(len..))).await;
+        let read = monoio::select! {
+            r = monoio::time::timeout(idle, rd.read(buf.slice_mut(len..))) => r,
+            // Stopping: read no more; what is owed is still written before the connection ends.
+            _ = &mut stopped => break 'conn,
+        };
         match read {
             Err(_) => {
                 tracing::debug!(shard = ctx.id, %peer, "tcp connection idle, closing");

@@ -98,6 +98,9 @@ struct Inner {
     epoch: Instant,
     /// `Basic` header value, built once.
     basic: Option<HeaderValue>,
+    metrics: super::metrics::SourceMetrics,
+    /// Limits "host marked down" warnings while a host keeps failing.
+    down_warnings: crate::logs::RateLimit,
 }
 
 /// A remote token source (introspection or userinfo) with its side runtime.
@@ -184,6 +187,15 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
 
 impl RemoteSource {
     pub fn new(cfg: RemoteConfig, runtime: Arc<SideRuntime>) -> Result<RemoteSource, BuildError> {
+        RemoteSource::with_metrics(cfg, runtime, Default::default())
+    }
+
+    /// As [`RemoteSource::new`], recording into `metrics` (shared with the source a reload replaces).
+    pub fn with_metrics(
+        cfg: RemoteConfig,
+        runtime: Arc<SideRuntime>,
+        metrics: super::metrics::SourceMetrics,
+    ) -> Result<RemoteSource, BuildError> {
         let tls = tls_config(cfg.ca_file.as_deref())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -242,6 +254,8 @@ impl RemoteSource {
                 hosts,
                 epoch: Instant::now(),
                 basic,
+                metrics,
+                down_warnings: crate::logs::RateLimit::new(Duration::from_secs(10)),
             }),
             runtime,
         })
@@ -324,6 +338,21 @@ impl Inner {
     }
 
     async fn attempt(&self, host: &Uri, token: &str, budget: Duration) -> Attempt {
+        let started = Instant::now();
+        let attempt = self.exchange(host, token, budget).await;
+        let result = match &attempt {
+            Attempt::Answer(Ok(_)) => "ok",
+            Attempt::Answer(Err(_)) => "rejected",
+            Attempt::HostFailed(SourceError::Timeout) => "timeout",
+            Attempt::HostFailed(SourceError::BadStatus(_)) => "server_error",
+            Attempt::HostFailed(_) => "unreachable",
+        };
+        self.metrics
+            .observe(&host.to_string(), result, started.elapsed().as_secs_f64());
+        attempt
+    }
+
+    async fn exchange(&self, host: &Uri, token: &str, budget: Duration) -> Attempt {
         let req = match self.request(host, token) {
             Ok(r) => r,
             Err(e) => return Attempt::Answer(Err(e)),
@@ -389,7 +418,9 @@ impl Inner {
                 Attempt::HostFailed(e) => {
                     let until = self.now_ms() + self.cfg.retry_after.as_millis() as u64;
                     host.down_until_ms.store(until, Ordering::Relaxed);
-                    tracing::warn!(host = %host.uri, error = %e, down_for_s = self.cfg.retry_after.as_secs(), "token source host marked down");
+                    if let Some(suppressed) = self.down_warnings.allow() {
+                        tracing::warn!(host = %host.uri, error = %e, down_for_s = self.cfg.retry_after.as_secs(), suppressed, "token source host marked down");
+                    }
                     last = e;
                 }
             }
@@ -404,6 +435,10 @@ impl TokenSource for RemoteSource {
             Kind::Introspection { .. } => "introspection",
             Kind::Userinfo => "userinfo",
         }
+    }
+
+    fn healthy(&self) -> bool {
+        RemoteSource::healthy(self)
     }
 
     fn validate(&self, token: &str) -> SourceFuture {

@@ -171,6 +171,40 @@ fn introspection_metrics_and_readiness_follow_the_source() {
 }
 
 #[test]
+fn repeated_warnings_are_rate_limited() {
+    // A host nothing listens on, retried at once: every request marks it down again.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let s = Sipward::launch(
+        "epoll",
+        &introspection(
+            &format!("http://{dead}/introspect"),
+            "retry_after_s = 0\n",
+            "",
+        ),
+        &[],
+    );
+    let c = udp_client();
+    for i in 0..5 {
+        let r = udp_exchange(
+            &c,
+            s.udp,
+            &register(
+                "alice",
+                &format!("d{i}"),
+                "UDP",
+                Some(&format!("dead-tok-{i}")),
+            ),
+        );
+        assert_eq!(status(&r), 503, "{r}");
+    }
+    let log = s.log();
+    assert_eq!(log.matches("marked down").count(), 1, "{log}");
+}
+
+#[test]
 fn rejected_request_logs_one_debug_line() {
     let s = Sipward::launch_with(
         "epoll",
@@ -506,6 +540,14 @@ fn sigterm_lets_waiting_requests_finish_then_exits_zero() {
         std::thread::sleep(Duration::from_millis(200));
         let t0 = Instant::now();
         s.signal(libc::SIGTERM);
+        assert!(s.wait_log("stopping", 1, Duration::from_secs(2)));
+        std::thread::sleep(Duration::from_millis(50));
+        // Stopped accepting: a new request is not answered, a new connection is refused.
+        let late = udp_client();
+        late.send_to(register("alice", "late", "UDP", None).as_bytes(), s.udp)
+            .unwrap();
+        assert!(udp_silent(&late, Duration::from_millis(200)), "{io}");
+        assert!(std::net::TcpStream::connect(s.tcp).is_err(), "{io}");
         for c in &clients {
             let mut buf = [0u8; 4096];
             let n = c.recv(&mut buf).expect("answered during the grace period");

@@ -19,6 +19,10 @@ use super::stats::bump;
 use crate::auth::Done;
 use crate::sip::framing::{next_frame, Frame};
 
+/// Out of descriptors, every shard's accept fails every 50 ms: one warning per 10 s is enough.
+static ACCEPT_WARNINGS: std::sync::LazyLock<crate::logs::RateLimit> =
+    std::sync::LazyLock::new(|| crate::logs::RateLimit::new(Duration::from_secs(10)));
+
 /// Responses queued for one connection's writer before its reader waits.
 const WRITE_QUEUE: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
@@ -55,7 +59,9 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on the error.
-                tracing::warn!(shard = ctx.id, error = %e, "tcp accept failed");
+                if let Some(suppressed) = ACCEPT_WARNINGS.allow() {
+                    tracing::warn!(shard = ctx.id, error = %e, suppressed, "tcp accept failed");
+                }
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -173,8 +173,9 @@ async fn engine_again(
     src: SocketAddr,
     out: &mut Vec<u8>,
 ) -> Option<Done> {
-    // The engine may have been reloaded since the first pass: its answer stands either way.
-    let engine = ctx.shared.engine.load();
+    // The engine may have been reloaded since the first pass: its answer stands either way. Held
+    // as an Arc across the wait, not as a guard, so the shard's few guard slots stay free.
+    let engine = ctx.shared.engine.load_full();
     let p = match engine.begin(data, src, out) {
         Begin::NeedToken(p) => p,
         Begin::Done(done) => return Some(done),

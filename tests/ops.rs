@@ -149,6 +149,46 @@ fn introspection_metrics_and_readiness_follow_the_source() {
     let count = format!("sipward_introspection_duration_seconds_count{{host=\"{url}\"}}");
     assert_eq!(metric(&body, &count), Some(1.0), "{body}");
 
+    // Five requests with one new token while the source is slow: one request to the source, four
+    // waiters coalesced onto it, one flight in the air meanwhile.
+    m.add_token("metrics-tok-3", json!({"username": "alice"}));
+    m.script(Script {
+        latency: Duration::from_millis(600),
+        ..Default::default()
+    });
+    let clients: Vec<_> = (0..5).map(|_| udp_client()).collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.send_to(
+            register("alice", &format!("co{i}"), "UDP", Some("metrics-tok-3")).as_bytes(),
+            s.udp,
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, during) = http_get(admin, "/metrics");
+    assert_eq!(
+        metric(&during, "sipward_token_source_in_flight"),
+        Some(1.0),
+        "{during}"
+    );
+    for c in &clients {
+        let mut buf = [0u8; 4096];
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(status(&String::from_utf8_lossy(&buf[..n])), 200);
+    }
+    let (_, body) = http_get(admin, "/metrics");
+    assert_eq!(
+        metric(&body, "sipward_cache_coalesced_waiters_total"),
+        Some(4.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "sipward_token_source_in_flight"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(metric(&body, &ok), Some(2.0), "{body}");
+
     // The only host fails: it is marked down, and the server is no longer ready.
     m.script(Script {
         status: Some(500),

@@ -13,6 +13,9 @@
 #        PORT_BASE (15060: sipward +0, Kamailio udp +10, tcp +11, bare +20, mock-as +3000)
 #        SIPWARD_IO (auto: sipward's [server] io, or io_uring / epoll)
 #        SKIP_KAMAILIO=1 to leave Kamailio out, CARGO_TARGET_DIR as for cargo.
+#        SLOW_AS_MS (20): latency of the second mock-as, the slow authorization server of the
+#        all-miss comparison (0 leaves that phase out); SLOW_AS_PORT (mock-as port + 1), second
+#        sipward on SIPWARD_PORT + 1 pointing at it.
 #
 # Everything listens on 127.0.0.1 only; every load run is bounded (warm-up + duration + 2 s timeout,
 # and a `timeout` around it); every process the script starts is stopped on exit.
@@ -34,6 +37,7 @@ AS_CPU=${AS_CPU:-$LOAD_CPU}
 PORT_BASE=${PORT_BASE:-15060}
 SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SIPWARD_IO=${SIPWARD_IO:-auto}
+SLOW_AS_MS=${SLOW_AS_MS:-20}
 
 SIPWARD_PORT=$PORT_BASE
 KAM_UDP_PORT=$((PORT_BASE + 10))
@@ -41,6 +45,9 @@ KAM_TCP_PORT=$((PORT_BASE + 11))
 BARE_PORT=$((PORT_BASE + 20))
 AS_PORT=$((PORT_BASE + 3000))
 AS_URL="http://127.0.0.1:$AS_PORT/introspect"
+SLOW_AS_PORT=${SLOW_AS_PORT:-$((AS_PORT + 1))}
+SLOW_AS_URL="http://127.0.0.1:$SLOW_AS_PORT/introspect"
+SLOW_SIPWARD_PORT=$((SIPWARD_PORT + 1))
 CLIENT_ID=load
 CLIENT_SECRET=load-secret
 # A run may take warm-up + duration + the 2 s response timeout; anything past this is a hang.
@@ -98,7 +105,7 @@ trap 'exit 143' TERM
 for t in taskset python3 ss timeout pgrep; do command -v $t >/dev/null || die "$t is missing"; done
 
 port_free() { ! ss -Hlnu "sport = :$1" | grep -q . && ! ss -Hlnt "sport = :$1" | grep -q .; }
-for p in $SIPWARD_PORT $KAM_UDP_PORT $KAM_TCP_PORT $BARE_PORT $AS_PORT; do
+for p in $SIPWARD_PORT $SLOW_SIPWARD_PORT $KAM_UDP_PORT $KAM_TCP_PORT $BARE_PORT $AS_PORT $SLOW_AS_PORT; do
     port_free "$p" || die "port $p is in use on this machine; set PORT_BASE"
 done
 
@@ -199,24 +206,30 @@ client_id = "$CLIENT_ID"
 client_secret = "$CLIENT_SECRET"
 max_inflight = $WINDOW
 TOML
+sed -e "s|127.0.0.1:$SIPWARD_PORT|127.0.0.1:$SLOW_SIPWARD_PORT|g" -e "s|$AS_URL|$SLOW_AS_URL|" \
+    "$work/sipward.toml" > "$work/sipward-slow.toml"
 
 # ---------------------------------------------------------------------------------------------
 # Servers. Each is started in the background, pinned, and waited for.
+# $1: port, $2: log name, rest: extra mock-as arguments
 start_mock_as() {
-    local c="taskset -c $AS_CPU $LOAD mock-as --listen 127.0.0.1:$AS_PORT --tokens $users --client-id $CLIENT_ID --client-secret $CLIENT_SECRET"
+    local port=$1 name=$2
+    shift 2
+    local c="taskset -c $AS_CPU $LOAD mock-as --listen 127.0.0.1:$port --tokens $users --client-id $CLIENT_ID --client-secret $CLIENT_SECRET $*"
     record "$c"
-    $c 2> "$work/mock-as.log" &
+    $c 2> "$work/$name.log" &
     pids+=("$!")
-    wait_for_line "$work/mock-as.log" "mock-as listening" $! || die "mock-as did not start"
+    wait_for_line "$work/$name.log" "mock-as listening" $! || die "$name did not start"
 }
 
+# $1: config, $2: log name
 start_sipward() {
-    local c="taskset -c $SERVER_CPU $SIPWARD --config $work/sipward.toml --log-level info"
+    local c="taskset -c $SERVER_CPU $SIPWARD --config $work/$1 --log-level info"
     record "$c"
-    $c 2> "$work/sipward.log" &
+    $c 2> "$work/$2.log" &
     pids+=("$!")
-    wait_for_line "$work/sipward.log" "sipward ready" $! || die "sipward did not start"
-    sipward_io=$(grep 'sipward ready' "$work/sipward.log" | grep -o 'io_uring\|epoll' | tail -1)
+    wait_for_line "$work/$2.log" "sipward ready" $! || die "$2 did not start"
+    sipward_io=$(grep 'sipward ready' "$work/$2.log" | grep -o 'io_uring\|epoll' | tail -1)
 }
 
 # $1: udp or tcp
@@ -263,14 +276,15 @@ run_register() {
     fi
 }
 
+# $1: result name, $2: run number, $3: introspection URL
 run_as_bench() {
-    local run=$1
-    local c="taskset -c $SERVER_CPU $LOAD as-bench --url $AS_URL --concurrency $WINDOW --warmup-s $WARMUP --duration-s $DURATION --client-id $CLIENT_ID --client-secret $CLIENT_SECRET --new-tokens-for $users"
+    local name=$1 run=$2 url=$3
+    local c="taskset -c $SERVER_CPU $LOAD as-bench --url $url --concurrency $WINDOW --warmup-s $WARMUP --duration-s $DURATION --client-id $CLIENT_ID --client-secret $CLIENT_SECRET --new-tokens-for $users"
     record "$c --json"
-    log "as-bench run $run"
-    if ! fgrun timeout $RUN_LIMIT $c --json > "$work/as-bench.$run.json" 2> "$work/as-bench.$run.err"; then
-        log "as-bench run $run failed: $(tail -3 "$work/as-bench.$run.err")"
-        rm -f "$work/as-bench.$run.json"
+    log "$name run $run"
+    if ! fgrun timeout $RUN_LIMIT $c --json > "$work/$name.$run.json" 2> "$work/$name.$run.err"; then
+        log "$name run $run failed: $(tail -3 "$work/$name.$run.err")"
+        rm -f "$work/$name.$run.json"
     fi
 }
 
@@ -288,8 +302,8 @@ udp_socket_stats() {
     return 0
 }
 
-start_mock_as
-start_sipward
+start_mock_as "$AS_PORT" mock-as
+start_sipward sipward.toml sipward
 start_bare
 kam_udp=0 kam_tcp=0
 if [ -z "$kam_note" ]; then
@@ -313,9 +327,21 @@ udp_socket_stats closed-loop
 # Phase 2: every token new, sipward against mock-as; then mock-as alone with as many connections.
 for r in $(seq 1 "$RUNS"); do
     run_register sipward-allmiss "$r" --target 127.0.0.1:$SIPWARD_PORT --window $WINDOW --new-share 1.0
-    run_as_bench "$r"
+    run_as_bench as-bench "$r" "$AS_URL"
 done
 as_stats > "$work/as-stats.end-of-miss.json"
+
+# Phase 2b: the same against a slow authorization server (a real one answers in milliseconds, and
+# serves far fewer introspections per core than mock-as): a second mock-as with SLOW_AS_MS of
+# latency, and a second sipward pointing at it.
+if [ "$SLOW_AS_MS" -gt 0 ]; then
+    start_mock_as "$SLOW_AS_PORT" mock-as-slow --latency-ms "$SLOW_AS_MS"
+    start_sipward sipward-slow.toml sipward-slow
+    for r in $(seq 1 "$RUNS"); do
+        run_register sipward-allmiss-slow "$r" --target 127.0.0.1:$SLOW_SIPWARD_PORT --window $WINDOW --new-share 1.0
+        run_as_bench as-bench-slow "$r" "$SLOW_AS_URL"
+    done
+fi
 
 # Phase 3: open loop at 80 % of sipward's median closed-loop UDP throughput, sipward and bare.
 rate=$(python3 - "$work" <<'PY'
@@ -352,7 +378,8 @@ rmem=$(sysctl -n net.core.rmem_max 2>/dev/null || echo "?")
 export C_WORK=$work C_RUNS=$RUNS C_DURATION=$DURATION C_WARMUP=$WARMUP C_WINDOW=$WINDOW \
     C_CONNECTIONS=$CONNECTIONS C_RATE=$rate C_NPROC=$nproc_ C_MODEL=$model C_KERNEL=$kernel \
     C_SERVER_CPU=$SERVER_CPU C_LOAD_CPU=$LOAD_CPU C_AS_CPU=$AS_CPU C_KAM_NOTE=$kam_note \
-    C_KAM_VERSION=$kam_version C_SIPWARD_IO=${sipward_io:-?} C_COMMIT=$commit C_DIRTY=$dirty C_RMEM=$rmem
+    C_KAM_VERSION=$kam_version C_SIPWARD_IO=${sipward_io:-?} C_COMMIT=$commit C_DIRTY=$dirty C_RMEM=$rmem \
+    C_SLOW_AS_MS=$SLOW_AS_MS
 python3 - > "$OUT" <<'PY'
 import json
 import os
@@ -414,6 +441,8 @@ rows = [
     ("bare recvmmsg/sendmmsg responder", "UDP", "bare-udp"),
     ("sipward, every token new (all-miss)", "UDP", "sipward-allmiss"),
     (f"mock-as alone (as-bench, {E['C_WINDOW']} connections)", "HTTP/1.1", "as-bench"),
+    (f"sipward, all-miss, mock-as with {E['C_SLOW_AS_MS']} ms latency", "UDP", "sipward-allmiss-slow"),
+    (f"mock-as with {E['C_SLOW_AS_MS']} ms latency alone (as-bench, {E['C_WINDOW']} connections)", "HTTP/1.1", "as-bench-slow"),
 ]
 res = {key: load(key) for _, _, key in rows}
 res["sipward-rate"] = load("sipward-rate")
@@ -467,6 +496,7 @@ w(f"| sipward / Kamailio, UDP answers/s | {ratio(m('sipward-udp'), m('kamailio-u
 w(f"| sipward / Kamailio, TCP answers/s | {ratio(m('sipward-tcp'), m('kamailio-tcp'))} |")
 w(f"| sipward / bare responder, UDP answers/s | {ratio(m('sipward-udp'), m('bare-udp'))} |")
 w(f"| sipward all-miss / mock-as alone (as-bench), answers/s | {ratio(m('sipward-allmiss'), m('as-bench'))} |")
+w(f"| sipward all-miss / mock-as alone, both with {E['C_SLOW_AS_MS']} ms AS latency, answers/s | {ratio(m('sipward-allmiss-slow'), m('as-bench-slow'))} |")
 w(f"| sipward p99 / bare p99 at {rate:,}/s | {ratio(m('sipward-rate', p('p99')), m('bare-rate', p('p99')))} |")
 w("")
 
@@ -487,7 +517,8 @@ else:
 w("")
 w("All-miss status (every request one introspection; 200 expected, 503 when sipward's `max_inflight` is "
   "reached):\n")
-for key, label in (("sipward-allmiss", "sipward all-miss"), ("as-bench", "as-bench")):
+for key, label in (("sipward-allmiss", "sipward all-miss"), ("as-bench", "as-bench"),
+                   ("sipward-allmiss-slow", "sipward all-miss, slow AS"), ("as-bench-slow", "as-bench, slow AS")):
     for i, r in enumerate(res.get(key, []), 1):
         extra = f", active {r['active']}" if "active" in r else ""
         w(f"- {label} run {i}: status {r.get('status')}, timeouts {r.get('timeouts')}, "

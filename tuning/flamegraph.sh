@@ -154,13 +154,13 @@ echo "inclusive shares (samples whose stack contains the frame):"
 printf '  %s  %s\n' \
     "$(share 'io_uring_enter')" "io_uring_enter (io_uring driver: submitting and completing socket operations)" \
     "$(share 'epoll_wait|__x64_sys_recvfrom|__x64_sys_sendto|__x64_sys_recvmsg|__x64_sys_sendmsg|__x64_sys_writev')" \
-    "epoll-style system calls (the epoll driver, and the HTTP thread's tokio)" \
+    "epoll-style system calls (the epoll driver, and the introspection client's writes)" \
     "$(share 'udp_sendmsg|tcp_sendmsg')" "sending (on loopback this includes delivering to the receiver's socket)" \
     "$(share 'udp_recvmsg|tcp_recvmsg')" "receiving" \
     "$(share 'sipward::sip::scan')" "sipward's scanner" \
     "$(share 'sipward::sip::reply')" "sipward's response writer" \
     "$(share 'mi_|_mi_')" "mimalloc" \
-    "$(share '^sipward-http')" "the sipward-http thread (introspection / userinfo requests)"
+    "$(share 'sipward::token::http|hyper::')" "the introspection / userinfo client (on the shards)"
 # Stacks that perf walked down to the thread's entry; a low share means broken unwinding, and
 # CALLGRAPH=dwarf will do better.
 whole=$(awk -F';' '{ w = $NF; sub(/.* /, "", w); tot += w; if ($2 ~ /^(start_thread|clone3|__clone3|clone|_start)$/) s += w }

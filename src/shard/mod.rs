@@ -21,14 +21,13 @@ pub mod udp;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Engine;
 use crate::config::{Config, ConfigError, ServerConfig};
-use crate::token::http::SideRuntime;
 use crate::token::metrics::SourceMetrics;
 use crate::token::{TokenHasher, TokenService};
 
@@ -47,8 +46,6 @@ pub struct Shared {
     pub source_metrics: SourceMetrics,
     /// Keys the To-tag hash; kept across reloads so tags stay stable.
     tag_key: (u64, u64),
-    /// The HTTP client's runtime, started with the first remote source and kept for later ones.
-    side: Mutex<Option<Arc<SideRuntime>>>,
 }
 
 impl Shared {
@@ -60,7 +57,6 @@ impl Shared {
             server,
             source_metrics: SourceMetrics::default(),
             tag_key: crate::token::random_keys(),
-            side: Mutex::new(None),
         }
     }
 
@@ -73,7 +69,6 @@ impl Shared {
             server: cfg.server.clone(),
             source_metrics: SourceMetrics::default(),
             tag_key,
-            side: Mutex::new(None),
         };
         let source = shared.source(&cfg.source)?;
         shared.tokens = TokenService::new(source, &cfg.cache, TokenHasher::random());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::Shared;
 use crate::auth::Engine;
 use crate::config::{Config, ConfigError, SourceConfig};
-use crate::token::http::{RemoteSource, SideRuntime};
+use crate::token::http::RemoteSource;
 use crate::token::{StaticTokens, TokenSource};
 
 /// The engine for `cfg`, keyed by `tag_key`.
@@ -18,8 +18,8 @@ pub(super) fn engine(cfg: &Config, tag_key: (u64, u64)) -> Engine {
 }
 
 impl Shared {
-    /// Builds the token source `cfg` names; loads a token file, starts the HTTP side runtime the
-    /// first time a remote source needs it.
+    /// Builds the token source `cfg` names: loads a token file, or makes a new HTTP client (its
+    /// connections are made on each shard as requests need them).
     pub(super) fn source(
         &self,
         cfg: &SourceConfig,
@@ -31,24 +31,8 @@ impl Shared {
                 Some(Arc::new(st))
             }
             SourceConfig::Remote(remote) => {
-                let runtime = {
-                    let mut side = self.side.lock().unwrap_or_else(|p| p.into_inner());
-                    match &*side {
-                        Some(rt) => rt.clone(),
-                        None => {
-                            let rt = SideRuntime::start()
-                                .map_err(|e| ConfigError::Parse(e.to_string()))?;
-                            *side = Some(rt.clone());
-                            rt
-                        }
-                    }
-                };
-                let src = RemoteSource::with_metrics(
-                    remote.clone(),
-                    runtime,
-                    self.source_metrics.clone(),
-                )
-                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+                let src = RemoteSource::with_metrics(remote.clone(), self.source_metrics.clone())
+                    .map_err(|e| ConfigError::Parse(e.to_string()))?;
                 let hosts: Vec<String> = remote.urls.iter().map(ToString::to_string).collect();
                 tracing::info!(kind = src.name(), hosts = ?hosts, "remote token source ready");
                 Some(Arc::new(src))

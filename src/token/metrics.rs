@@ -1,6 +1,7 @@
 //! Metrics of the remote token sources: requests by host and result, and latency by host. They are
-//! written on the side runtime that talks HTTP, never on a shard, and outlive a reload (the new
-//! source is given the same [`SourceMetrics`]), so counters stay monotonic.
+//! written once per request to the source (a cache miss, already seconds-to-milliseconds away from
+//! the hot path), never on a cache hit, and outlive a reload (the new source is given the same
+//! [`SourceMetrics`]), so counters stay monotonic.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -25,11 +25,10 @@ use crate::config::CacheConfig;
 pub use cache::TokenCache;
 pub use static_file::StaticTokens;
 
-/// A future answering one validation.
 /// A future answering one validation. It owns what it needs, so it can run detached from the request
-/// that started it (see [`flight`]).
-pub type SourceFuture =
-    Pin<Box<dyn Future<Output = Result<TokenFacts, SourceError>> + Send + 'static>>;
+/// that started it (see [`flight`]). It runs on the shard that started it (remote sources do their
+/// HTTP there), so it need not be `Send`.
+pub type SourceFuture = Pin<Box<dyn Future<Output = Result<TokenFacts, SourceError>> + 'static>>;
 
 /// Something that can tell what a token is worth. Unknown tokens are `Ok(TokenFacts::inactive())`;
 /// `Err` means the source could not answer.

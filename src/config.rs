@@ -290,8 +290,34 @@ impl Config {
 
     /// Parses and validates configuration text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(parse_error(text, &e)))?;
         raw.validate(base)
+    }
+}
+
+/// A TOML error on one line, naming the line and the key but not quoting the file: the line it
+/// would quote may hold a client secret, and this text reaches the log on a reload.
+fn parse_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    let Some(start) = e.span().map(|s| s.start) else {
+        return msg.to_string();
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|l| l.lines().next())
+        .unwrap_or("");
+    // The key, when the error is in the value of a `key = value` line.
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && line_start + line.find('=').unwrap_or(0) < start);
+    match key {
+        Some(k) => format!("line {line_no}: {k}: {msg}"),
+        None => format!("line {line_no}: {msg}"),
     }
 }
 
@@ -877,6 +903,14 @@ contact = "sip:sipward@192.0.2.1:5070;transport=tcp"
     #[test]
     fn type_errors_name_the_key() {
         let e = err("[server]\nshards = \"two\"\n");
-        assert!(e.contains("shards"), "{e}");
+        assert!(e.starts_with("line 2: shards: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        let e = err("[introspection]\nurl = \"http://as/i\"\nclient_id = \"c\"\nclient_secret = \"hunter2\nx\"\n");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.starts_with("line 4:"), "{e}");
     }
 }

@@ -40,10 +40,7 @@ fn reload(path: &Path, server: &Server, running: &mut Config) {
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(
-                "reload refused, the running configuration stays: {}",
-                one_line(&e.to_string())
-            );
+            tracing::error!("reload refused, the running configuration stays: {e}");
             return;
         }
     };
@@ -64,20 +61,6 @@ fn reload(path: &Path, server: &Server, running: &mut Config) {
             running.cache.max_entries = max_entries;
             tracing::info!(file = %path.display(), "configuration reloaded");
         }
-        Err(e) => tracing::error!(
-            "reload refused, the running configuration stays: {}",
-            one_line(&e.to_string())
-        ),
+        Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
     }
-}
-
-/// A TOML parse error quotes the offending line of the file, which may hold a client secret: keep
-/// the position and the reason, drop the quoted source, and make it one log line.
-fn one_line(error: &str) -> String {
-    error
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | "))
-        .collect::<Vec<_>>()
-        .join(": ")
 }

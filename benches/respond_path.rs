@@ -7,8 +7,10 @@
 //! Beside it, the parts, so a reader sees where the time goes: token key hashing, the cache hit,
 //! `begin` alone, `finish` alone, the clock read; and the 401 challenge path (no Authorization),
 //! which never reaches the cache; and `finish` split into the decision (AOR + `judge`) and the
-//! response bytes. Not included: the shard's relaxed counter increments and the
-//! socket I/O around `process`.
+//! response bytes. `cached_token_full_ops` adds what issue #6 put on the path: the engine loaded
+//! from its `ArcSwap` (live reload), the source looked up behind its `ArcSwap`, and the shard's
+//! counters (cache hit, response code, method × outcome). Not included: the socket I/O around
+//! `process`.
 //!
 //! Run: `cargo bench --bench respond_path` (see BENCHMARKS.md for recorded figures).
 
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sipward::auth::{judge, Begin, Done, Engine, Lookup, Outcome, Pending, Policy, TokenFacts};
 use sipward::config::CacheConfig;
+use sipward::shard::stats::{bump, method_index, outcome_index, ShardStats};
 use sipward::sip::reply::{finish_response, put_register_contacts, start_response_with_tag};
 use sipward::token::{unix_now, StaticTokens, TokenHasher, TokenService};
 
@@ -142,6 +145,26 @@ fn bench_respond(c: &mut Criterion) {
         let mut out = Vec::with_capacity(1024);
         b.iter(|| {
             let done = respond(&engine, &tokens, black_box(&with_token), src, &mut out);
+            black_box(&out);
+            done
+        })
+    });
+
+    let live = arc_swap::ArcSwap::from_pointee(engine.clone());
+    let stats = ShardStats::default();
+    g.bench_function("cached_token_full_ops", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            let data = black_box(&with_token);
+            let engine = live.load();
+            assert!(tokens.has_source());
+            let done = respond(&engine, &tokens, data, src, &mut out);
+            bump(&stats.cache_hits);
+            if let Done::Replied { code, outcome } = done {
+                bump(&stats.replied);
+                stats.response(code);
+                stats.request(method_index(data), outcome_index(outcome));
+            }
             black_box(&out);
             done
         })

@@ -85,6 +85,15 @@ pub struct RawConfig {
     pub respond: RawRespond,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// `[admin]`: the HTTP server for /metrics, /healthz and /readyz; off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +108,7 @@ pub struct RawServer {
     pub tcp_idle_timeout_s: u64,
     pub tcp_max_connections: usize,
     pub udp_recv_buffer: usize,
+    pub shutdown_grace_s: u64,
 }
 
 impl Default for RawServer {
@@ -113,6 +123,7 @@ impl Default for RawServer {
             tcp_idle_timeout_s: 300,
             tcp_max_connections: 10_000,
             udp_recv_buffer: 4 << 20,
+            shutdown_grace_s: 10,
         }
     }
 }
@@ -240,6 +251,8 @@ pub struct ServerConfig {
     pub tcp_idle_timeout_s: u64,
     pub tcp_max_connections: usize,
     pub udp_recv_buffer: usize,
+    /// How long a stopping shard waits for requests still waiting on the token source.
+    pub shutdown_grace: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +273,8 @@ pub struct Config {
     pub respond_contact: Option<String>,
     pub source: SourceConfig,
     pub cache: CacheConfig,
+    /// `[admin] listen`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Config {
@@ -275,8 +290,34 @@ impl Config {
 
     /// Parses and validates configuration text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(parse_error(text, &e)))?;
         raw.validate(base)
+    }
+}
+
+/// A TOML error on one line, naming the line and the key but not quoting the file: the line it
+/// would quote may hold a client secret, and this text reaches the log on a reload.
+fn parse_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    let Some(start) = e.span().map(|s| s.start) else {
+        return msg.to_string();
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|l| l.lines().next())
+        .unwrap_or("");
+    // The key, when the error is in the value of a `key = value` line.
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && line_start + line.find('=').unwrap_or(0) < start);
+    match key {
+        Some(k) => format!("line {line_no}: {k}: {msg}"),
+        None => format!("line {line_no}: {msg}"),
     }
 }
 
@@ -484,6 +525,15 @@ impl RawConfig {
         if s.tcp_max_connections == 0 {
             return Err(invalid("server.tcp_max_connections", "must be at least 1"));
         }
+        if s.shutdown_grace_s > 3600 {
+            return Err(invalid("server.shutdown_grace_s", "at most 3600"));
+        }
+        let admin = match &self.admin.listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid("admin.listen", format!("{a:?} is not an IP:port address"))
+            })?),
+        };
         let a = &self.auth;
         let mut methods: Vec<Box<[u8]>> = Vec::new();
         for (i, m) in a.methods.iter().enumerate() {
@@ -614,6 +664,7 @@ impl RawConfig {
                 tcp_idle_timeout_s: s.tcp_idle_timeout_s,
                 tcp_max_connections: s.tcp_max_connections,
                 udp_recv_buffer: s.udp_recv_buffer,
+                shutdown_grace: std::time::Duration::from_secs(s.shutdown_grace_s),
             },
             policy: Policy {
                 methods,
@@ -635,6 +686,7 @@ impl RawConfig {
                 max_ttl_s: c.max_ttl_s,
                 negative_ttl_s: c.negative_ttl_s,
             },
+            admin,
         })
     }
 }
@@ -701,6 +753,22 @@ contact = "sip:sipward@192.0.2.1:5070;transport=tcp"
             c.respond_contact.as_deref(),
             Some("sip:sipward@192.0.2.1:5070;transport=tcp")
         );
+    }
+
+    #[test]
+    fn admin_and_shutdown_keys() {
+        let cfg = Config::parse(
+            "[admin]\nlisten = \"127.0.0.1:9090\"\n[server]\nshutdown_grace_s = 3\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(cfg.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(cfg.server.shutdown_grace, std::time::Duration::from_secs(3));
+        let d = Config::parse("", Path::new(".")).unwrap();
+        assert_eq!(d.admin, None);
+        assert_eq!(d.server.shutdown_grace, std::time::Duration::from_secs(10));
+        assert!(err("[admin]\nlisten = \"localhost\"\n").starts_with("admin.listen:"));
+        assert!(err("[server]\nshutdown_grace_s = 9999\n").starts_with("server.shutdown_grace_s:"));
     }
 
     #[test]
@@ -835,6 +903,14 @@ contact = "sip:sipward@192.0.2.1:5070;transport=tcp"
     #[test]
     fn type_errors_name_the_key() {
         let e = err("[server]\nshards = \"two\"\n");
-        assert!(e.contains("shards"), "{e}");
+        assert!(e.starts_with("line 2: shards: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        let e = err("[introspection]\nurl = \"http://as/i\"\nclient_id = \"c\"\nclient_secret = \"hunter2\nx\"\n");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.starts_with("line 4:"), "{e}");
     }
 }

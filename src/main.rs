@@ -4,8 +4,10 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+
+mod run;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -23,8 +25,17 @@ struct Cli {
     /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log line format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -37,11 +48,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let Some(path) = cli.config else {
         eprintln!("sipward: --config FILE is required");
         return ExitCode::from(2);
@@ -64,11 +77,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => match sipward::shard::Server::start(&cfg) {
-            Ok(server) => {
-                server.wait();
-                ExitCode::SUCCESS
-            }
+        None => match run::run(&path, cfg) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sipward: {e:#}");
                 ExitCode::FAILURE

@@ -85,11 +85,11 @@ fn start(io: &str, source: Arc<SlowSource>) -> Server {
         std::path::Path::new("."),
     )
     .unwrap();
-    let shared = Shared {
-        engine: sipward::auth::Engine::new(cfg.policy.clone(), 200, (1, 2)),
-        tokens: TokenService::new(Some(source), &cfg.cache, TokenHasher::new((5, 6))),
-        server: cfg.server.clone(),
-    };
+    let shared = Shared::new(
+        sipward::auth::Engine::new(cfg.policy.clone(), 200, (1, 2)),
+        TokenService::new(Some(source), &cfg.cache, TokenHasher::new((5, 6))),
+        cfg.server.clone(),
+    );
     Server::start_with(Arc::new(shared)).unwrap()
 }
 

@@ -5,23 +5,31 @@
 //!
 //! This layer makes no decisions about SIP or tokens: it moves bytes between sockets and
 //! [`crate::auth::Engine`].
+//!
+//! What a live reload may change (the engine, the token source, the cache TTLs) sits behind
+//! `arc-swap` in [`Shared`] and is loaded once per message ([`reload`]). [`Server::shutdown`] stops
+//! the receive and accept loops, lets requests waiting on the token source finish within
+//! `[server] shutdown_grace_s`, and ends the shard threads.
 
 pub mod driver;
 pub mod process;
+pub mod reload;
 pub mod stats;
 pub mod tcp;
 pub mod udp;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Engine;
-use crate::config::{Config, ConfigError, ServerConfig, SourceConfig};
-use crate::token::http::RemoteSource;
-use crate::token::{StaticTokens, TokenHasher, TokenService, TokenSource};
+use crate::config::{Config, ConfigError, ServerConfig};
+use crate::token::metrics::SourceMetrics;
+use crate::token::{TokenHasher, TokenService};
 
 pub use driver::Driver;
 use process::ShardCtx;
@@ -29,39 +37,42 @@ use stats::ShardStats;
 
 /// What every shard reads.
 pub struct Shared {
-    pub engine: Engine,
+    /// Swapped whole by a reload; shards load it once per message.
+    pub engine: ArcSwap<Engine>,
     pub tokens: TokenService,
+    /// Fixed for the life of the process: listen addresses and shard count need a restart.
     pub server: ServerConfig,
+    /// Introspection / userinfo requests by host; kept across reloads.
+    pub source_metrics: SourceMetrics,
+    /// Keys the To-tag hash; kept across reloads so tags stay stable.
+    tag_key: (u64, u64),
 }
 
 impl Shared {
+    /// Shared state around a prepared engine and token service (tests give their own source).
+    pub fn new(engine: Engine, tokens: TokenService, server: ServerConfig) -> Shared {
+        Shared {
+            engine: ArcSwap::from_pointee(engine),
+            tokens,
+            server,
+            source_metrics: SourceMetrics::default(),
+            tag_key: crate::token::random_keys(),
+        }
+    }
+
     /// Builds the engine and the token service from a validated configuration; loads token files.
     pub fn from_config(cfg: &Config) -> Result<Shared, ConfigError> {
-        let source: Option<Arc<dyn TokenSource>> = match &cfg.source {
-            SourceConfig::Static(path) => {
-                let st = StaticTokens::load(path)?;
-                tracing::info!(tokens = st.len(), file = %path.display(), "static token source loaded");
-                Some(Arc::new(st))
-            }
-            SourceConfig::Remote(remote) => {
-                let src = RemoteSource::new(remote.clone())
-                    .map_err(|e| ConfigError::Parse(e.to_string()))?;
-                let hosts: Vec<String> = remote.urls.iter().map(ToString::to_string).collect();
-                tracing::info!(kind = src.name(), hosts = ?hosts, "remote token source ready");
-                Some(Arc::new(src))
-            }
-            SourceConfig::None => None,
-        };
-        Ok(Shared {
-            engine: Engine::new(
-                cfg.policy.clone(),
-                cfg.respond_status,
-                crate::token::random_keys(),
-            )
-            .with_contact(cfg.respond_contact.as_deref()),
-            tokens: TokenService::new(source, &cfg.cache, TokenHasher::random()),
+        let tag_key = crate::token::random_keys();
+        let mut shared = Shared {
+            engine: ArcSwap::from_pointee(reload::engine(cfg, tag_key)),
+            tokens: TokenService::new(None, &cfg.cache, TokenHasher::random()),
             server: cfg.server.clone(),
-        })
+            source_metrics: SourceMetrics::default(),
+            tag_key,
+        };
+        let source = shared.source(&cfg.source)?;
+        shared.tokens = TokenService::new(source, &cfg.cache, TokenHasher::random());
+        Ok(shared)
     }
 }
 
@@ -142,6 +153,11 @@ pub struct Server {
     pub bound: Bound,
     pub driver: Driver,
     pub stats: Vec<Arc<ShardStats>>,
+    pub shared: Arc<Shared>,
+    /// Shards whose loops are running (all of them once started, 0 once stopping).
+    pub listening: Arc<AtomicUsize>,
+    /// One channel per shard, so that no two shards poll the same lock.
+    stop: Vec<tokio::sync::watch::Sender<bool>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -149,6 +165,17 @@ impl Server {
     /// Binds, starts every shard, and returns once each has its runtime and sockets registered.
     pub fn start(cfg: &Config) -> anyhow::Result<Server> {
         Server::start_with(Arc::new(Shared::from_config(cfg)?))
+    }
+
+    /// Stops the shards: no more messages are taken, requests waiting on the token source get up
+    /// to `[server] shutdown_grace_s` to be answered, then every shard thread ends.
+    pub fn shutdown(self) {
+        for s in &self.stop {
+            let _ = s.send(true);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
     }
 
     /// Starts the server around prepared shared state (a token source of the caller's choosing).
@@ -163,10 +190,16 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::new();
         let mut stats = Vec::new();
+        let mut stop = Vec::new();
+        let listening = Arc::new(AtomicUsize::new(0));
         for (id, socks) in sockets.into_iter().enumerate() {
             let shard_stats = Arc::new(ShardStats::default());
             stats.push(shard_stats.clone());
             let shared = shared.clone();
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            stop.push(stop_tx);
+            let stop = stop_rx;
+            let live = listening.clone();
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let ready = ready_tx.clone();
             let t = std::thread::Builder::new()
@@ -181,16 +214,21 @@ impl Server {
                         stats: shard_stats,
                         pending: Default::default(),
                         tcp_conns: Default::default(),
+                        stop,
                     });
                     let result = match driver {
                         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                             .enable_timer()
                             .build()
-                            .map(|mut rt| rt.block_on(shard_main(ctx, socks, ready.clone()))),
+                            .map(|mut rt| {
+                                rt.block_on(shard_main(ctx, socks, ready.clone(), live.clone()))
+                            }),
                         Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                             .enable_timer()
                             .build()
-                            .map(|mut rt| rt.block_on(shard_main(ctx, socks, ready.clone()))),
+                            .map(|mut rt| {
+                                rt.block_on(shard_main(ctx, socks, ready.clone(), live.clone()))
+                            }),
                     };
                     if let Err(e) = result {
                         let _ = ready.send(Err(format!(
@@ -220,11 +258,15 @@ impl Server {
             bound,
             driver,
             stats,
+            shared,
+            listening,
+            stop,
             threads,
         })
     }
 
-    /// Blocks until every shard thread ends (they run until the process exits).
+    /// Blocks until every shard thread ends (they run until [`Server::shutdown`] or the process
+    /// exits).
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
@@ -236,6 +278,7 @@ async fn shard_main(
     ctx: Rc<ShardCtx>,
     socks: ShardSockets,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
+    listening: Arc<AtomicUsize>,
 ) {
     let mut tasks = Vec::new();
     for s in socks.udp {
@@ -256,8 +299,30 @@ async fn shard_main(
             }
         }
     }
+    listening.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(Ok(()));
+    // The loops return once the stop signal is seen.
     for t in tasks {
         t.await;
+    }
+    listening.fetch_sub(1, Ordering::Relaxed);
+    drain(&ctx).await;
+}
+
+/// After the loops stopped: waits for requests still waiting on the token source (and for TCP
+/// connections to write what they owe) up to the grace period.
+async fn drain(ctx: &ShardCtx) {
+    let deadline = std::time::Instant::now() + ctx.shared.server.shutdown_grace;
+    while ctx.pending.get() > 0 || ctx.tcp_conns.get() > 0 {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                shard = ctx.id,
+                waiting = ctx.pending.get(),
+                connections = ctx.tcp_conns.get(),
+                "shutdown grace over; unanswered requests are dropped"
+            );
+            return;
+        }
+        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

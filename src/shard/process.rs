@@ -8,9 +8,9 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::stats::{bump, ShardStats};
+use super::stats::{bump, method_index, outcome_index, ShardStats, SILENT};
 use super::Shared;
-use crate::auth::{Begin, Done, Lookup, SourceError};
+use crate::auth::{Begin, Done, Lookup, Outcome, SourceError};
 use crate::token::{unix_now, Unresolved};
 
 /// Requests a shard lets wait for the token source at once; past that they are answered as if the
@@ -24,6 +24,8 @@ pub struct ShardCtx {
     pub stats: Arc<ShardStats>,
     pub pending: Cell<usize>,
     pub tcp_conns: Cell<usize>,
+    /// Becomes true when the server stops: loops stop taking new messages (see [`super::Server`]).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Where a deferred response goes.
@@ -52,22 +54,54 @@ pub enum Handled {
     Nothing,
 }
 
-fn record(stats: &ShardStats, done: Done) -> Handled {
+fn record(stats: &ShardStats, done: Done, data: &[u8], src: SocketAddr) -> Handled {
     match done {
-        Done::Replied { .. } => {
+        Done::Replied { code, outcome } => {
             bump(&stats.replied);
+            stats.response(code);
+            stats.request(method_index(data), outcome_index(outcome));
+            if let Some(o) = outcome.filter(|o| *o != Outcome::Accept) {
+                rejected(data, src, o, code);
+            }
             Handled::Reply
         }
         Done::Silent => {
             bump(&stats.silent);
+            stats.request(method_index(data), SILENT);
             Handled::Nothing
         }
         Done::Dropped(why) => {
             stats.dropped(why);
-            tracing::debug!(reason = why.label(), "message dropped");
+            tracing::debug!(reason = why.label(), %src, "message dropped");
             Handled::Nothing
         }
     }
+}
+
+/// The debug line for a rejected request. The message is scanned again only when debug is on; the
+/// Call-ID and the method are printed, never a header that could carry a token.
+#[cold]
+fn rejected(data: &[u8], src: SocketAddr, outcome: Outcome, code: u16) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let (method, call_id) = match crate::sip::scan::scan(data) {
+        Ok(m) => (
+            String::from_utf8_lossy(m.method_bytes()).into_owned(),
+            m.first(crate::sip::scan::HeaderKind::CallId)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .unwrap_or_default(),
+        ),
+        Err(_) => (String::new(), String::new()),
+    };
+    tracing::debug!(
+        call_id = %call_id,
+        %src,
+        method = %method,
+        outcome = outcome.label(),
+        code,
+        "request rejected"
+    );
 }
 
 /// Processes `data` from `src`; a response to send now is left in `out`. `reply_to` is called only
@@ -80,26 +114,27 @@ pub fn process(
     reply_to: impl FnOnce() -> ReplyTo,
 ) -> Handled {
     bump(&ctx.stats.received);
-    let engine = &ctx.shared.engine;
+    // One load per message: a reload swaps the engine between messages, never during one.
+    let engine = ctx.shared.engine.load();
     let pending = match engine.begin(data, src, out) {
-        Begin::Done(done) => return record(&ctx.stats, done),
+        Begin::Done(done) => return record(&ctx.stats, done, data, src),
         Begin::NeedToken(p) => p,
     };
     let tokens = &ctx.shared.tokens;
     let now = unix_now();
     if !tokens.has_source() {
-        return record(
-            &ctx.stats,
-            engine.finish(&pending, src, Lookup::NoSource, now, out),
-        );
+        let done = engine.finish(&pending, src, Lookup::NoSource, now, out);
+        return record(&ctx.stats, done, data, src);
     }
     let key = tokens.key(pending.token);
     let hit = tokens.with_cached(key, now, |facts| {
         engine.finish(&pending, src, Lookup::Found(facts), now, out)
     });
     if let Some(done) = hit {
-        return record(&ctx.stats, done);
+        bump(&ctx.stats.cache_hits);
+        return record(&ctx.stats, done, data, src);
     }
+    bump(&ctx.stats.cache_misses);
     if ctx.pending.get() >= MAX_PENDING_PER_SHARD {
         bump(&ctx.stats.dropped_overloaded);
         let done = engine.finish(
@@ -109,7 +144,7 @@ pub fn process(
             now,
             out,
         );
-        return record(&ctx.stats, done);
+        return record(&ctx.stats, done, data, src);
     }
     // Slow path: keep a copy of the request, answer when the source has.
     let copy = data.to_vec();
@@ -123,10 +158,11 @@ pub fn process(
             Some(done) => done,
             None => Done::Silent,
         };
-        ctx.pending.set(ctx.pending.get() - 1);
-        if record(&ctx.stats, done) == Handled::Reply {
+        if record(&ctx.stats, done, &copy, src) == Handled::Reply {
             reply_to.send(out).await;
         }
+        // Counted down only once the response is out: a stopping shard waits for this to reach 0.
+        ctx.pending.set(ctx.pending.get() - 1);
     });
     Handled::Nothing
 }
@@ -137,10 +173,12 @@ async fn engine_again(
     src: SocketAddr,
     out: &mut Vec<u8>,
 ) -> Option<Done> {
-    let engine = &ctx.shared.engine;
-    // Same bytes, same engine: begin() reaches the same token again.
-    let Begin::NeedToken(p) = engine.begin(data, src, out) else {
-        return None;
+    // The engine may have been reloaded since the first pass: its answer stands either way. Held
+    // as an Arc across the wait, not as a guard, so the shard's few guard slots stay free.
+    let engine = ctx.shared.engine.load_full();
+    let p = match engine.begin(data, src, out) {
+        Begin::NeedToken(p) => p,
+        Begin::Done(done) => return Some(done),
     };
     let tokens = &ctx.shared.tokens;
     let key = tokens.key(p.token);

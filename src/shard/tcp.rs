@@ -19,13 +19,24 @@ use super::stats::bump;
 use crate::auth::Done;
 use crate::sip::framing::{next_frame, Frame};
 
+/// Out of descriptors, every shard's accept fails every 50 ms: one warning per 10 s is enough.
+static ACCEPT_WARNINGS: std::sync::LazyLock<crate::logs::RateLimit> =
+    std::sync::LazyLock::new(|| crate::logs::RateLimit::new(Duration::from_secs(10)));
+
 /// Responses queued for one connection's writer before its reader waits.
 const WRITE_QUEUE: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
 
 pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
+    let mut stop = ctx.stop.clone();
+    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
     loop {
-        match listener.accept().await {
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            // The listener closes when this returns: new connections are refused by the kernel.
+            _ = &mut stopped => break,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 if ctx.tcp_conns.get() >= ctx.shared.server.tcp_max_connections {
                     bump(&ctx.stats.tcp_refused);
@@ -48,7 +59,9 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on the error.
-                tracing::warn!(shard = ctx.id, error = %e, "tcp accept failed");
+                if let Some(suppressed) = ACCEPT_WARNINGS.allow() {
+                    tracing::warn!(shard = ctx.id, error = %e, suppressed, "tcp accept failed");
+                }
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -77,6 +90,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(2048);
     let mut batch: Vec<u8> = Vec::new();
+    let mut stop = ctx.stop.clone();
+    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
     'conn: loop {
         let mut pos = 0;
         let mut close = false;
@@ -100,7 +115,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                 Frame::TooLarge => {
                     bump(&ctx.stats.dropped_oversize);
                     let head = &buf[pos..buf.len().min(pos + max)];
-                    let done = ctx.shared.engine.too_large(head, peer, &mut out);
+                    let done = ctx.shared.engine.load().too_large(head, peer, &mut out);
                     framing_reply(ctx, done, &out, &mut batch);
                     close = true;
                     break;
@@ -112,10 +127,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                         } else {
                             "Malformed Content-Length header"
                         };
-                    let done =
-                        ctx.shared
-                            .engine
-                            .bad_framing(&buf[pos..pos + h], reason, peer, &mut out);
+                    let done = ctx.shared.engine.load().bad_framing(
+                        &buf[pos..pos + h],
+                        reason,
+                        peer,
+                        &mut out,
+                    );
                     framing_reply(ctx, done, &out, &mut batch);
                     // Without a length the next message's start is unknown: the stream is lost.
                     close = true;
@@ -134,7 +151,11 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
             buf.reserve(READ_CHUNK);
         }
         let len = buf.len();
-        let read = monoio::time::timeout(idle, rd.read(buf.slice_mut(len..))).await;
+        let read = monoio::select! {
+            r = monoio::time::timeout(idle, rd.read(buf.slice_mut(len..))) => r,
+            // Stopping: read no more; what is owed is still written before the connection ends.
+            _ = &mut stopped => break 'conn,
+        };
         match read {
             Err(_) => {
                 tracing::debug!(shard = ctx.id, %peer, "tcp connection idle, closing");

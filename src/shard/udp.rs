@@ -44,8 +44,15 @@ pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
     let mut first: Vec<u8> = Vec::with_capacity(max + 1);
     let mut rx = RecvBatch::new(BATCH - 1, max + 1);
     let mut tx = SendBatch::new(BATCH);
+    // Registered once; the channel is this shard's own, so polling it takes no lock another core
+    // holds. A stop cancels the receive in progress; deferred responses still go out on `sock`.
+    let mut stop = ctx.stop.clone();
+    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
     loop {
-        let (res, b) = sock.recv_from(first).await;
+        let (res, b) = monoio::select! {
+            r = sock.recv_from(first) => r,
+            _ = &mut stopped => break,
+        };
         first = b;
         match res {
             Ok((n, src)) => take(

@@ -84,6 +84,8 @@ impl Future for Wait {
 #[derive(Default)]
 pub struct Flights {
     map: Mutex<HashMap<u128, Arc<Flight>>>,
+    /// Joins that found a flight in the air (a metric; only the miss path touches it).
+    coalesced: std::sync::atomic::AtomicU64,
 }
 
 impl Flights {
@@ -91,6 +93,8 @@ impl Flights {
     pub fn join(&self, key: u128) -> (Arc<Flight>, bool) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(&key) {
+            self.coalesced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return (f.clone(), false);
         }
         let f = Arc::new(Flight {
@@ -109,6 +113,11 @@ impl Flights {
             }
         }
         flight.land(result);
+    }
+
+    /// Joins so far that waited on a flight another lookup started.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Flights in the air now.

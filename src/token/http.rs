@@ -192,6 +192,9 @@ struct Inner {
     tls: tokio_rustls::TlsConnector,
     /// Per shard thread: one pool per host, in `hosts` order.
     pools: ThreadLocal<RefCell<Vec<HostPool>>>,
+    metrics: super::metrics::SourceMetrics,
+    /// Limits "host marked down" warnings while a host keeps failing.
+    down_warnings: crate::logs::RateLimit,
 }
 
 /// A remote token source (introspection or userinfo). Shared by all shards; each shard's requests
@@ -237,6 +240,14 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
 
 impl RemoteSource {
     pub fn new(cfg: RemoteConfig) -> Result<RemoteSource, BuildError> {
+        RemoteSource::with_metrics(cfg, Default::default())
+    }
+
+    /// As [`RemoteSource::new`], recording into `metrics` (shared with the source a reload replaces).
+    pub fn with_metrics(
+        cfg: RemoteConfig,
+        metrics: super::metrics::SourceMetrics,
+    ) -> Result<RemoteSource, BuildError> {
         let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(cfg.ca_file.as_deref())?));
         let basic = match &cfg.kind {
             Kind::Introspection {
@@ -280,6 +291,8 @@ impl RemoteSource {
             basic,
             tls,
             pools: ThreadLocal::new(),
+            metrics,
+            down_warnings: crate::logs::RateLimit::new(Duration::from_secs(10)),
         });
         if needs_resolver {
             spawn_resolver(Arc::downgrade(&inner))?;
@@ -526,6 +539,26 @@ impl Inner {
     }
 
     async fn attempt(&self, i: usize, token: &str, budget: Duration) -> Attempt {
+        let started = Instant::now();
+        let attempt = self.timed_attempt(i, token, budget).await;
+        let result = match &attempt {
+            Attempt::Answer(Ok(_)) => "ok",
+            Attempt::Answer(Err(_)) => "rejected",
+            Attempt::HostFailed(SourceError::Timeout) => "timeout",
+            Attempt::HostFailed(SourceError::BadStatus(_)) => "server_error",
+            Attempt::HostFailed(_) => "unreachable",
+        };
+        if let Some(host) = self.hosts.get(i) {
+            self.metrics.observe(
+                &host.uri.to_string(),
+                result,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        attempt
+    }
+
+    async fn timed_attempt(&self, i: usize, token: &str, budget: Duration) -> Attempt {
         let (status, body) = match monoio::time::timeout(budget, self.exchange(i, token)).await {
             Err(_) => return Attempt::HostFailed(SourceError::Timeout),
             Ok(Err(SourceError::Unreachable)) => {
@@ -573,7 +606,9 @@ impl Inner {
                     let host = &self.hosts[i];
                     let until = self.now_ms() + self.cfg.retry_after.as_millis() as u64;
                     host.down_until_ms.store(until, Ordering::Relaxed);
-                    tracing::warn!(host = %host.uri, error = %e, down_for_s = self.cfg.retry_after.as_secs(), "token source host marked down");
+                    if let Some(suppressed) = self.down_warnings.allow() {
+                        tracing::warn!(host = %host.uri, error = %e, down_for_s = self.cfg.retry_after.as_secs(), suppressed, "token source host marked down");
+                    }
                     last = e;
                 }
             }
@@ -622,6 +657,10 @@ impl TokenSource for RemoteSource {
             Kind::Introspection { .. } => "introspection",
             Kind::Userinfo => "userinfo",
         }
+    }
+
+    fn healthy(&self) -> bool {
+        RemoteSource::healthy(self)
     }
 
     fn validate(&self, token: &str) -> SourceFuture {

@@ -9,12 +9,14 @@ pub mod cache;
 pub mod claims;
 pub mod flight;
 pub mod http;
+pub mod metrics;
 pub mod static_file;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::auth::{SourceError, TokenFacts};
@@ -34,6 +36,11 @@ pub trait TokenSource: Send + Sync + 'static {
     /// A short name for logs ("static", "introspection", …).
     fn name(&self) -> &'static str;
     fn validate(&self, token: &str) -> SourceFuture;
+    /// Whether the source can answer now (for readiness); a remote source is unhealthy while every
+    /// host is marked down.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// A keyed 128-bit hash of a token: what the cache stores instead of the token.
@@ -82,11 +89,17 @@ pub enum Unresolved {
     Failed(SourceError),
 }
 
-/// Cache in front of a source; what shards ask.
+/// Cache in front of a source; what shards ask. The source and the TTLs can be replaced while
+/// shards run ([`TokenService::reconfigure`], for a live reload); the cache and the flights stay.
 pub struct TokenService {
     hasher: TokenHasher,
     cache: Arc<TokenCache>,
     flights: Arc<flight::Flights>,
+    settings: ArcSwap<Settings>,
+}
+
+/// What a reload may replace.
+struct Settings {
     source: Option<Arc<dyn TokenSource>>,
     ttl: Ttl,
 }
@@ -99,6 +112,13 @@ struct Ttl {
 }
 
 impl Ttl {
+    fn of(cache: &CacheConfig) -> Ttl {
+        Ttl {
+            max_s: cache.max_ttl_s,
+            negative_s: cache.negative_ttl_s,
+        }
+    }
+
     /// Until when an answer given at `now` may be served: a positive one until
     /// `min(exp, now + max_s)`, never past `exp` (RFC 7662 section 4); a negative one `negative_s`.
     fn until(self, facts: &TokenFacts, now: u64) -> u64 {
@@ -121,17 +141,44 @@ impl TokenService {
             hasher,
             cache: Arc::new(TokenCache::new(cache.max_entries)),
             flights: Arc::default(),
-            source,
-            ttl: Ttl {
-                max_s: cache.max_ttl_s,
-                negative_s: cache.negative_ttl_s,
-            },
+            settings: ArcSwap::from_pointee(Settings {
+                source,
+                ttl: Ttl::of(cache),
+            }),
         }
+    }
+
+    /// Replaces the source and the TTLs. Lookups already waiting finish with the source they asked;
+    /// cached answers stay. `cache.max_entries` is not changed (the cache is not rebuilt).
+    pub fn reconfigure(&self, source: Option<Arc<dyn TokenSource>>, cache: &CacheConfig) {
+        self.settings.store(Arc::new(Settings {
+            source,
+            ttl: Ttl::of(cache),
+        }));
     }
 
     #[inline]
     pub fn has_source(&self) -> bool {
-        self.source.is_some()
+        self.settings.load().source.is_some()
+    }
+
+    /// The source's name, if there is one.
+    pub fn source_name(&self) -> Option<&'static str> {
+        self.settings.load().source.as_ref().map(|s| s.name())
+    }
+
+    /// Whether a source is configured and can answer now.
+    pub fn source_healthy(&self) -> bool {
+        self.settings
+            .load()
+            .source
+            .as_ref()
+            .is_some_and(|s| s.healthy())
+    }
+
+    /// Lookups so far that joined a request already in flight instead of starting one.
+    pub fn coalesced(&self) -> u64 {
+        self.flights.coalesced()
     }
 
     #[inline]
@@ -170,14 +217,15 @@ impl TokenService {
         key: TokenKey,
         now: u64,
     ) -> Result<Arc<TokenFacts>, Unresolved> {
-        let source = self.source.as_ref().ok_or(Unresolved::NoSource)?;
+        let settings = self.settings.load();
+        let source = settings.source.as_ref().ok_or(Unresolved::NoSource)?;
         let (flight, leader) = self.flights.join(key.0);
         if leader {
             let request = source.validate(token);
             let (cache, flights, ttl, landing) = (
                 self.cache.clone(),
                 self.flights.clone(),
-                self.ttl,
+                settings.ttl,
                 flight.clone(),
             );
             monoio::spawn(async move {
@@ -329,6 +377,35 @@ mod tests {
         assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|f| f.active)));
         assert_eq!(src.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(svc.in_flight(), 0);
+        assert_eq!(svc.coalesced(), 99);
+    }
+
+    #[test]
+    fn reconfigure_keeps_the_cache_and_changes_the_ttl() {
+        let (svc, _) = service(TokenFacts {
+            active: true,
+            ..Default::default()
+        });
+        let key = svc.key("tok");
+        block_on(svc.resolve("tok", key, 1000)).unwrap();
+        let short = CacheConfig {
+            max_entries: 100,
+            max_ttl_s: 5,
+            negative_ttl_s: 1,
+        };
+        let (other, _) = service(TokenFacts::inactive());
+        let src = other.settings.load().source.clone();
+        svc.reconfigure(src, &short);
+        // The answer cached before the reload is still served...
+        assert!(svc.with_cached(key, 1200, |f| f.active) == Some(true));
+        // ...and a new one comes from the new source, cached for the new negative TTL.
+        let key2 = svc.key("tok2");
+        let facts = block_on(svc.resolve("tok2", key2, 2000)).unwrap();
+        assert!(!facts.active);
+        assert!(svc.with_cached(key2, 2000, |_| ()).is_some());
+        assert!(svc.with_cached(key2, 2001, |_| ()).is_none());
+        svc.reconfigure(None, &short);
+        assert!(!svc.has_source());
     }
 
     #[test]

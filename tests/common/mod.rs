@@ -135,6 +135,77 @@ impl Sipward {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The configuration file it runs on (rewrite it, then [`Sipward::signal`] SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("sipward.toml")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child this harness started and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Waits up to `wait` for the process to exit; its exit code, or `None` if it still runs.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<i32> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits up to `wait` for the log to contain `needle` `count` times; whether it did.
+    pub fn wait_log(&self, needle: &str, count: usize, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.log().matches(needle).count() >= count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The admin server's address, from its start line (the config must set `[admin] listen`).
+    pub fn admin(&self) -> SocketAddr {
+        assert!(
+            self.wait_log("admin listening on http ", 1, Duration::from_secs(10)),
+            "no admin server; log:\n{}",
+            self.log()
+        );
+        let log = self.log();
+        let rest = log.split("admin listening on http ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+/// One HTTP/1.1 GET: the status and the body.
+pub fn http_get(to: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 impl Drop for Sipward {

@@ -39,7 +39,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -85,6 +85,7 @@ pub struct RawConfig {
     pub respond: RawRespond,
     #[serde(default)]
     pub cache: RawCache,
+    pub forward: Option<crate::forward::RawForward>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,6 +261,8 @@ pub struct Config {
     pub respond_contact: Option<String>,
     pub source: SourceConfig,
     pub cache: CacheConfig,
+    /// `[forward]`: relay requests that pass to this upstream instead of answering them.
+    pub forward: Option<crate::forward::ForwardConfig>,
 }
 
 impl Config {
@@ -604,6 +607,10 @@ impl RawConfig {
         } else {
             SourceConfig::None
         };
+        let forward = match &self.forward {
+            Some(f) => Some(f.validate(base, udp.first().or(tcp.first()).copied())?),
+            None => None,
+        };
         Ok(Config {
             server: ServerConfig {
                 udp,
@@ -635,6 +642,7 @@ impl RawConfig {
                 max_ttl_s: c.max_ttl_s,
                 negative_ttl_s: c.negative_ttl_s,
             },
+            forward,
         })
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod forward;
 pub mod shard;
 pub mod sip;
 pub mod token;

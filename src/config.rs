@@ -608,7 +608,7 @@ impl RawConfig {
             SourceConfig::None
         };
         let forward = match &self.forward {
-            Some(f) => Some(f.validate(base, udp.first().or(tcp.first()).copied())?),
+            Some(f) => Some(f.validate(base, udp.first().copied())?),
             None => None,
         };
         Ok(Config {

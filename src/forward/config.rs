@@ -46,7 +46,8 @@ pub struct ForwardConfig {
     pub identity_header: String,
     /// The flow-token signing key; random per process when none is configured.
     pub flow_key: Secret,
-    pub trusted: Vec<IpAddr>,
+    /// Sources whose messages are the core's: an address, and a port unless any port is trusted.
+    pub trusted: Vec<(IpAddr, Option<u16>)>,
     pub advertise_host: String,
     pub advertise_port: u16,
 }
@@ -55,13 +56,19 @@ pub struct ForwardConfig {
 const MIN_KEY_LEN: usize = 16;
 
 impl RawForward {
-    /// `listen` is the first configured listen address, which stands in for `advertise` when it
-    /// names a specific address and port.
+    /// `listen` is the first configured UDP listen address: forward mode relays through it, and it
+    /// stands in for `advertise` when it names a specific address and port.
     pub fn validate(
         &self,
         base: &Path,
         listen: Option<SocketAddr>,
     ) -> Result<ForwardConfig, ConfigError> {
+        if listen.is_none() {
+            return Err(invalid(
+                "server.udp",
+                "forward mode relays over UDP: listen on at least one UDP address",
+            ));
+        }
         let (transport, addr) = match self.upstream.split_once(':') {
             Some((t, rest)) if t.eq_ignore_ascii_case("udp") => (Transport::Udp, rest),
             Some((t, rest)) if t.eq_ignore_ascii_case("tcp") => (Transport::Tcp, rest),
@@ -130,18 +137,20 @@ impl RawForward {
             ));
         }
         let trusted = match &self.trusted {
-            None => vec![upstream.ip()],
+            None => vec![(upstream.ip(), Some(upstream.port()))],
             Some(list) => list
                 .iter()
                 .enumerate()
-                .map(|(i, a)| {
-                    a.parse::<IpAddr>().map_err(|_| {
-                        invalid(
+                .map(
+                    |(i, a)| match (a.parse::<IpAddr>(), a.parse::<SocketAddr>()) {
+                        (Ok(ip), _) => Ok((ip, None)),
+                        (_, Ok(sa)) => Ok((sa.ip(), Some(sa.port()))),
+                        _ => Err(invalid(
                             format!("forward.trusted[{i}]"),
-                            format!("{a:?} is not an IP address"),
-                        )
-                    })
-                })
+                            format!("{a:?} is neither an IP address nor IP:port"),
+                        )),
+                    },
+                )
                 .collect::<Result<_, _>>()?,
         };
         let advertised: SocketAddr =
@@ -195,7 +204,10 @@ mod tests {
     fn defaults_from_upstream_and_listen_address() {
         let c = parse("upstream = \"udp:127.0.0.1:5070\"\n").unwrap();
         assert_eq!(c.upstream, "127.0.0.1:5070".parse().unwrap());
-        assert_eq!(c.trusted, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            c.trusted,
+            vec![("127.0.0.1".parse::<IpAddr>().unwrap(), Some(5070))]
+        );
         assert!(c.strip_token);
         assert_eq!(c.identity_header, "P-Asserted-Identity");
         assert_eq!(
@@ -210,12 +222,13 @@ mod tests {
     fn explicit_values() {
         let c = parse(
             "upstream = \"UDP:[::1]:5070\"\nstrip_token = false\nidentity_header = \"X-Id\"\n\
-             flow_key = \"0123456789abcdef0\"\ntrusted = [\"10.0.0.1\", \"::1\"]\n\
+             flow_key = \"0123456789abcdef0\"\ntrusted = [\"10.0.0.1\", \"[::1]:5070\"]\n\
              advertise = \"[2001:db8::5]:5080\"\n",
         )
         .unwrap();
         assert!(!c.strip_token);
-        assert_eq!(c.trusted.len(), 2);
+        assert_eq!(c.trusted[0], ("10.0.0.1".parse().unwrap(), None));
+        assert_eq!(c.trusted[1], ("::1".parse().unwrap(), Some(5070)));
         assert_eq!(
             (c.advertise_host.as_str(), c.advertise_port),
             ("[2001:db8::5]", 5080)
@@ -242,5 +255,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("forward.advertise:"), "{e}");
+        let e = raw.validate(Path::new("."), None).unwrap_err().to_string();
+        assert!(e.starts_with("server.udp:"), "{e}");
     }
 }

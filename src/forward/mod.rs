@@ -98,7 +98,7 @@ const BAD_MAX_FORWARDS: Problem = Problem {
 pub struct Forwarder {
     pub upstream: SocketAddr,
     pub upstream_transport: Transport,
-    trusted: Vec<IpAddr>,
+    trusted: Vec<(IpAddr, Option<u16>)>,
     key: FlowKey,
     branch_key: (u64, u64),
     strip_token: bool,
@@ -136,7 +136,9 @@ impl Forwarder {
     /// Whether messages from `source` come from the core: never authenticated, routed by flow token.
     #[inline]
     pub fn is_trusted(&self, source: SocketAddr) -> bool {
-        self.trusted.contains(&source.ip())
+        self.trusted
+            .iter()
+            .any(|&(ip, port)| ip == source.ip() && port.is_none_or(|p| p == source.port()))
     }
 
     /// Writes the relayed form of a client's request into `out`, or says why it is answered instead.

@@ -10,7 +10,12 @@ fn fwd() -> Forwarder {
         "upstream = \"udp:192.0.2.100:5070\"\nflow_key = \"{KEY}\"\nadvertise = \"192.0.2.1:5060\"\n"
     ))
     .unwrap();
-    let cfg = raw.validate(std::path::Path::new("."), None).unwrap();
+    let cfg = raw
+        .validate(
+            std::path::Path::new("."),
+            Some("0.0.0.0:5060".parse().unwrap()),
+        )
+        .unwrap();
     Forwarder::new(&cfg, (7, 9))
 }
 
@@ -112,7 +117,11 @@ fn tokens_stay_when_strip_token_is_off_but_client_identity_never_does() {
     ))
     .unwrap();
     let f = Forwarder::new(
-        &raw.validate(std::path::Path::new("."), None).unwrap(),
+        &raw.validate(
+            std::path::Path::new("."),
+            Some("0.0.0.0:5060".parse().unwrap()),
+        )
+        .unwrap(),
         (1, 1),
     );
     let (_, out) = relay(
@@ -376,7 +385,7 @@ fn core_request_with_forged_or_missing_flow() {
             "upstream = \"udp:192.0.2.100:5070\"\nflow_key = \"another-key-0123456\"\nadvertise = \"192.0.2.1:5060\"\n",
         )
         .unwrap()
-        .validate(std::path::Path::new("."), None)
+        .validate(std::path::Path::new("."), Some("0.0.0.0:5060".parse().unwrap()))
         .unwrap(),
         (7, 9),
     );
@@ -412,7 +421,8 @@ fn core_request_with_forged_or_missing_flow() {
 #[test]
 fn trusted_sources_are_the_upstream_by_default() {
     let f = fwd();
-    assert!(f.is_trusted("192.0.2.100:1".parse().unwrap()));
+    assert!(f.is_trusted("192.0.2.100:5070".parse().unwrap()));
+    assert!(!f.is_trusted("192.0.2.100:5071".parse().unwrap()));
     assert!(!f.is_trusted(client()));
 }
 

@@ -8,6 +8,7 @@
 
 pub mod driver;
 pub mod process;
+pub mod relay;
 pub mod stats;
 pub mod tcp;
 pub mod udp;
@@ -60,7 +61,12 @@ impl Shared {
                 cfg.respond_status,
                 crate::token::random_keys(),
             )
-            .with_contact(cfg.respond_contact.as_deref()),
+            .with_contact(cfg.respond_contact.as_deref())
+            .with_forward(
+                cfg.forward
+                    .as_ref()
+                    .map(|f| crate::forward::Forwarder::new(f, crate::token::random_keys())),
+            ),
             tokens: TokenService::new(source, &cfg.cache, TokenHasher::random()),
             server: cfg.server.clone(),
         })
@@ -165,7 +171,10 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::new();
         let mut stats = Vec::new();
-        for (id, socks) in sockets.into_iter().enumerate() {
+        let (lanes, lane_rxs) = relay::Lanes::new(sockets.len());
+        let lanes = Arc::new(lanes);
+        for ((id, socks), lane_rx) in sockets.into_iter().enumerate().zip(lane_rxs) {
+            let lanes = lanes.clone();
             let shard_stats = Arc::new(ShardStats::default());
             stats.push(shard_stats.clone());
             let shared = shared.clone();
@@ -183,16 +192,21 @@ impl Server {
                         stats: shard_stats,
                         pending: Default::default(),
                         tcp_conns: Default::default(),
+                        relay: relay::RelayState::new(lanes),
                     });
                     let result = match driver {
                         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                             .enable_timer()
                             .build()
-                            .map(|mut rt| rt.block_on(shard_main(ctx, socks, ready.clone()))),
+                            .map(|mut rt| {
+                                rt.block_on(shard_main(ctx, socks, lane_rx, ready.clone()))
+                            }),
                         Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                             .enable_timer()
                             .build()
-                            .map(|mut rt| rt.block_on(shard_main(ctx, socks, ready.clone()))),
+                            .map(|mut rt| {
+                                rt.block_on(shard_main(ctx, socks, lane_rx, ready.clone()))
+                            }),
                     };
                     if let Err(e) = result {
                         let _ = ready.send(Err(format!(
@@ -237,9 +251,13 @@ impl Server {
 async fn shard_main(
     ctx: Rc<ShardCtx>,
     socks: ShardSockets,
+    lane: tokio::sync::mpsc::UnboundedReceiver<relay::Handoff>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let mut tasks = Vec::new();
+    if ctx.shared.engine.forwarder().is_some() {
+        tasks.push(monoio::spawn(relay::serve_lane(ctx.clone(), lane)));
+    }
     for s in socks.udp {
         match monoio::net::udp::UdpSocket::from_std(s) {
             Ok(sock) => tasks.push(monoio::spawn(udp::serve(sock, ctx.clone()))),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::stats::{bump, ShardStats};
 use super::Shared;
 use crate::auth::{Begin, Done, Lookup, SourceError};
+use crate::forward::{Dest, Flow};
 use crate::token::{unix_now, Unresolved};
 
 /// Requests a shard lets wait for the token source at once; past that they are answered as if the
@@ -24,6 +25,8 @@ pub struct ShardCtx {
     pub stats: Arc<ShardStats>,
     pub pending: Cell<usize>,
     pub tcp_conns: Cell<usize>,
+    /// Forward mode's sockets, flows and lanes.
+    pub relay: super::relay::RelayState,
 }
 
 /// Where a deferred response goes.
@@ -45,10 +48,11 @@ impl ReplyTo {
     }
 }
 
-/// Whether `out` holds a response to send now.
+/// Whether `out` holds a response to send now, or a relayed message to send to `Dest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
     Reply,
+    Forward(Dest),
     Nothing,
 }
 
@@ -61,6 +65,10 @@ fn record(stats: &ShardStats, done: Done) -> Handled {
         Done::Silent => {
             bump(&stats.silent);
             Handled::Nothing
+        }
+        Done::Forwarded(dest) => {
+            bump(&stats.relayed);
+            Handled::Forward(dest)
         }
         Done::Dropped(why) => {
             stats.dropped(why);
@@ -79,9 +87,20 @@ pub fn process(
     out: &mut Vec<u8>,
     reply_to: impl FnOnce() -> ReplyTo,
 ) -> Handled {
+    process_on(ctx, data, Flow::Udp(src), out, reply_to)
+}
+
+/// [`process`] for a message that arrived on `arrival` (a TCP connection names itself).
+pub fn process_on(
+    ctx: &Rc<ShardCtx>,
+    data: &[u8],
+    arrival: Flow,
+    out: &mut Vec<u8>,
+    reply_to: impl FnOnce() -> ReplyTo,
+) -> Handled {
     bump(&ctx.stats.received);
     let engine = &ctx.shared.engine;
-    let pending = match engine.begin(data, src, out) {
+    let pending = match engine.begin_on(data, arrival, out) {
         Begin::Done(done) => return record(&ctx.stats, done),
         Begin::NeedToken(p) => p,
     };
@@ -90,21 +109,21 @@ pub fn process(
     if !tokens.has_source() {
         return record(
             &ctx.stats,
-            engine.finish(&pending, src, Lookup::NoSource, now, out),
+            engine.finish_on(&pending, arrival, Lookup::NoSource, now, out),
         );
     }
     let key = tokens.key(pending.token);
     let hit = tokens.with_cached(key, now, |facts| {
-        engine.finish(&pending, src, Lookup::Found(facts), now, out)
+        engine.finish_on(&pending, arrival, Lookup::Found(facts), now, out)
     });
     if let Some(done) = hit {
         return record(&ctx.stats, done);
     }
     if ctx.pending.get() >= MAX_PENDING_PER_SHARD {
         bump(&ctx.stats.dropped_overloaded);
-        let done = engine.finish(
+        let done = engine.finish_on(
             &pending,
-            src,
+            arrival,
             Lookup::Failed(SourceError::Overloaded),
             now,
             out,
@@ -119,13 +138,15 @@ pub fn process(
     bump(&ctx.stats.token_lookups);
     monoio::spawn(async move {
         let mut out = Vec::with_capacity(1024);
-        let done = match engine_again(&ctx, &copy, src, &mut out).await {
+        let done = match engine_again(&ctx, &copy, arrival, &mut out).await {
             Some(done) => done,
             None => Done::Silent,
         };
         ctx.pending.set(ctx.pending.get() - 1);
-        if record(&ctx.stats, done) == Handled::Reply {
-            reply_to.send(out).await;
+        match record(&ctx.stats, done) {
+            Handled::Reply => reply_to.send(out).await,
+            Handled::Forward(dest) => super::relay::deliver(&ctx, dest, out).await,
+            Handled::Nothing => {}
         }
     });
     Handled::Nothing
@@ -134,12 +155,12 @@ pub fn process(
 async fn engine_again(
     ctx: &ShardCtx,
     data: &[u8],
-    src: SocketAddr,
+    arrival: Flow,
     out: &mut Vec<u8>,
 ) -> Option<Done> {
     let engine = &ctx.shared.engine;
     // Same bytes, same engine: begin() reaches the same token again.
-    let Begin::NeedToken(p) = engine.begin(data, src, out) else {
+    let Begin::NeedToken(p) = engine.begin_on(data, arrival, out) else {
         return None;
     };
     let tokens = &ctx.shared.tokens;
@@ -148,11 +169,11 @@ async fn engine_again(
     let result = tokens.resolve(p.token, key, now).await;
     let now = unix_now();
     Some(match result {
-        Ok(facts) => engine.finish(&p, src, Lookup::Found(&facts), now, out),
-        Err(Unresolved::NoSource) => engine.finish(&p, src, Lookup::NoSource, now, out),
+        Ok(facts) => engine.finish_on(&p, arrival, Lookup::Found(&facts), now, out),
+        Err(Unresolved::NoSource) => engine.finish_on(&p, arrival, Lookup::NoSource, now, out),
         Err(Unresolved::Failed(e)) => {
             tracing::debug!(error = %e, "token source failed");
-            engine.finish(&p, src, Lookup::Failed(e), now, out)
+            engine.finish_on(&p, arrival, Lookup::Failed(e), now, out)
         }
     })
 }

@@ -16,6 +16,12 @@ pub struct ShardStats {
     pub dropped_bad_ack: AtomicU64,
     pub dropped_oversize: AtomicU64,
     pub dropped_overloaded: AtomicU64,
+    /// Forward mode: responses whose top Via is not sipward's.
+    pub dropped_not_our_via: AtomicU64,
+    /// Forward mode: messages with no usable destination (bad Via, forged or closed flow).
+    pub dropped_unroutable: AtomicU64,
+    /// Forward mode: messages relayed.
+    pub relayed: AtomicU64,
     pub tcp_open: AtomicU64,
     pub tcp_refused: AtomicU64,
     pub token_lookups: AtomicU64,
@@ -34,6 +40,8 @@ impl ShardStats {
             DropReason::UnexpectedResponse => &self.dropped_response,
             DropReason::NoVia => &self.dropped_no_via,
             DropReason::BadAck => &self.dropped_bad_ack,
+            DropReason::NotOurVia => &self.dropped_not_our_via,
+            DropReason::Unroutable => &self.dropped_unroutable,
         });
     }
 }

@@ -14,9 +14,10 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-use super::process::{process, Handled, ReplyTo, ShardCtx};
+use super::process::{process_on, Handled, ReplyTo, ShardCtx};
 use super::stats::bump;
 use crate::auth::Done;
+use crate::forward::Flow;
 use crate::sip::framing::{next_frame, Frame};
 
 /// Responses queued for one connection's writer before its reader waits.
@@ -72,6 +73,19 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
         }
     });
 
+    // Forward mode names this connection in flow tokens, so that the core's messages reach it.
+    let forwarding = ctx.shared.engine.forwarder().is_some();
+    let conn = if forwarding {
+        ctx.relay.open(peer, tx.clone())
+    } else {
+        0
+    };
+    let arrival = Flow::Tcp {
+        shard: u16::try_from(ctx.id).unwrap_or(u16::MAX),
+        conn,
+        peer,
+    };
+    let mut relayed = Vec::new();
     let max = ctx.shared.server.max_message_size;
     let idle = Duration::from_secs(ctx.shared.server.tcp_idle_timeout_s);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -91,10 +105,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                 Frame::Message(n) => {
                     let msg = &buf[pos..pos + n];
                     pos += n;
-                    if process(ctx, msg, peer, &mut out, || ReplyTo::Tcp(tx.clone()))
-                        == Handled::Reply
-                    {
-                        batch.extend_from_slice(&out);
+                    match process_on(ctx, msg, arrival, &mut out, || ReplyTo::Tcp(tx.clone())) {
+                        Handled::Reply => batch.extend_from_slice(&out),
+                        Handled::Forward(dest) => relayed.push((dest, out.clone())),
+                        Handled::Nothing => {}
                     }
                 }
                 Frame::TooLarge => {
@@ -123,6 +137,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                 }
             }
         }
+        for (dest, bytes) in relayed.drain(..) {
+            super::relay::deliver(ctx, dest, bytes).await;
+        }
         if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
             break 'conn;
         }
@@ -149,6 +166,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
             }
         }
     }
+    if forwarding {
+        ctx.relay.close(conn);
+    }
     drop(tx);
     // The writer ends once every queued and deferred response is written.
     writer.await;
@@ -166,7 +186,8 @@ fn framing_reply(ctx: &ShardCtx, done: Done, out: &[u8], batch: &mut Vec<u8>) {
             bump(&ctx.stats.replied);
             batch.extend_from_slice(out);
         }
-        Done::Silent => {}
+        // Framing errors are answered, never relayed.
+        Done::Silent | Done::Forwarded(_) => {}
         Done::Dropped(why) => ctx.stats.dropped(why),
     }
 }

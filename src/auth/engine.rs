@@ -214,6 +214,16 @@ impl Engine {
         };
         let to = ToState::from(&parties);
         Err(match assess_checked(&self.policy, msg, &parties) {
+            // The ACK of a final response sipward itself sent (a challenge) ends there: the core
+            // never saw its INVITE. Such an ACK bears the To tag sipward derived for it.
+            Need::NoResponse
+                if self.forward.is_some()
+                    && crate::sip::addr::param(parties.to.params, b"tag")
+                        .flatten()
+                        .is_some_and(|tag| tag == self.to_tag(msg)) =>
+            {
+                Done::Silent
+            }
             Need::NoResponse | Need::Pass if self.forward.is_some() => {
                 self.relay(msg, arrival, None, out)
             }

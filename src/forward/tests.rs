@@ -444,3 +444,97 @@ fn via_destinations() {
     assert_eq!(d("SIP/2.0/TCP 10.0.0.1"), Some(Dest::Upstream));
     assert_eq!(d("garbage"), None);
 }
+
+mod engine {
+    //! Forward mode through [`crate::auth::Engine`]: the same verdicts as respond mode, relayed when
+    //! they pass.
+    use super::*;
+    use crate::auth::{Begin, Done, Engine, Lookup, Policy, TokenFacts};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn engine() -> Engine {
+        Engine::new(Policy::default(), 200, (1, 2)).with_forward(Some(fwd()))
+    }
+
+    fn run(e: &Engine, text: &str, from: SocketAddr, facts: Option<&TokenFacts>) -> (Done, String) {
+        let mut out = Vec::new();
+        let done = match e.begin(text.as_bytes(), from, &mut out) {
+            Begin::Done(d) => d,
+            Begin::NeedToken(p) => {
+                let lookup = facts.map_or(Lookup::NoSource, Lookup::Found);
+                e.finish(&p, from, lookup, NOW, &mut out)
+            }
+        };
+        (done, String::from_utf8(out).unwrap())
+    }
+
+    fn alice() -> TokenFacts {
+        TokenFacts {
+            active: true,
+            username: Some("alice".into()),
+            exp: Some(NOW + 600),
+            ..TokenFacts::default()
+        }
+    }
+
+    #[test]
+    fn passing_requests_are_relayed_failing_ones_answered() {
+        let e = engine();
+        let (done, out) = run(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            client(),
+            Some(&alice()),
+        );
+        assert_eq!(done, Done::Forwarded(Dest::Upstream));
+        assert!(out.starts_with("REGISTER "), "{out}");
+        assert_eq!(
+            header(&out, "P-Asserted-Identity"),
+            ["<sip:alice@example.com>"]
+        );
+
+        let (done, out) = run(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            client(),
+            Some(&TokenFacts::inactive()),
+        );
+        assert!(matches!(done, Done::Replied { code: 401, .. }), "{done:?}");
+        assert!(out.contains("error=\"invalid_token\""));
+
+        // Methods that need no token pass without an asserted identity.
+        let (done, out) = run(&e, &invite("", "z9hG4bKo", "OPTIONS"), client(), None);
+        assert_eq!(done, Done::Forwarded(Dest::Upstream));
+        assert!(header(&out, "P-Asserted-Identity").is_empty());
+
+        // The same request from the core is not authenticated: it has no route to a flow here.
+        let core: SocketAddr = "192.0.2.100:5070".parse().unwrap();
+        let (done, _) = run(&e, &register(""), core, None);
+        assert!(matches!(done, Done::Replied { code: 404, .. }), "{done:?}");
+
+        // A response that is not for sipward is dropped.
+        let (done, _) = run(&e, &response_to(&register(""), "200 OK"), core, None);
+        assert_eq!(done, Done::Dropped(crate::auth::DropReason::NotOurVia));
+    }
+
+    #[test]
+    fn the_ack_of_sipwards_own_challenge_stays_here() {
+        let e = engine();
+        let (done, out) = run(&e, &invite("", "z9hG4bKc", "INVITE"), client(), None);
+        assert!(matches!(done, Done::Replied { code: 401, .. }));
+        let to = header(&out, "To")[0].to_owned();
+        let ack = invite("", "z9hG4bKc", "ACK")
+            .replace("To: <sip:bob@example.com>", &format!("To: {to}"));
+        assert_eq!(run(&e, &ack, client(), None).0, Done::Silent);
+        // An ACK for a response of the core (another tag) goes on.
+        let other = invite("", "z9hG4bKc", "ACK").replace(
+            "To: <sip:bob@example.com>",
+            "To: <sip:bob@example.com>;tag=core",
+        );
+        assert_eq!(
+            run(&e, &other, client(), None).0,
+            Done::Forwarded(Dest::Upstream)
+        );
+    }
+}

@@ -95,11 +95,6 @@ pub fn call_id_line(msg: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Writes the response to `req` into `out`; its length, or `None` when `req` has no usable Call-ID.
-pub fn respond(req: &[u8], out: &mut [u8; SEND_BUF]) -> Option<usize> {
-    respond_with(req, out, false)
-}
-
 /// The Via, From, To and CSeq header lines of a request, in order, without their line endings.
 fn echoed_lines(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
     let start = msg
@@ -120,7 +115,9 @@ fn echoed_lines(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
         })
 }
 
-/// [`respond`], with the request's Via, From, To and CSeq lines copied when `echo_headers` is set.
+/// Writes the response to `req` into `out`: its length, or `None` when `req` has no usable Call-ID
+/// or the answer would not fit. The request's Via, From, To and CSeq lines are copied when
+/// `echo_headers` is set.
 pub fn respond_with(req: &[u8], out: &mut [u8; SEND_BUF], echo_headers: bool) -> Option<usize> {
     let line = call_id_line(req)?;
     let mut at = 0;
@@ -367,7 +364,7 @@ mod tests {
             b"tok",
         );
         let mut out = [0u8; SEND_BUF];
-        let n = respond(&req, &mut out).unwrap();
+        let n = respond_with(&req, &mut out, false).unwrap();
         let r = sip::parse_response(&out[..n]).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(sip::parse_call_id(r.call_id), Some((7, 9)));
@@ -381,7 +378,7 @@ mod tests {
             &Who::new("bob", None, "example.org"),
             b"another-token",
         );
-        assert_eq!(respond(&req2, &mut [0u8; SEND_BUF]), Some(n));
+        assert_eq!(respond_with(&req2, &mut [0u8; SEND_BUF], false), Some(n));
     }
 
     #[test]
@@ -434,6 +431,9 @@ Content-Length: 0\r\n\r\n"[..]
             "X sip:x SIP/2.0\r\nCall-ID: {}\r\n\r\n",
             "a".repeat(SEND_BUF)
         );
-        assert_eq!(respond(long.as_bytes(), &mut [0u8; SEND_BUF]), None);
+        assert_eq!(
+            respond_with(long.as_bytes(), &mut [0u8; SEND_BUF], false),
+            None
+        );
     }
 }

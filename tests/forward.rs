@@ -228,3 +228,60 @@ fn tcp_client_flow_across_shards() {
         assert_eq!(status(&r), 430, "{r}");
     }
 }
+
+#[test]
+fn tcp_upstream_carries_both_directions() {
+    use std::io::Read;
+    // One shard: each shard opens its own connection to the upstream, and this core reads one.
+    for io in DRIVERS {
+        let core = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free_port();
+        let config = format!(
+            "[server]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nio = \"{io}\"\n\
+             realm = \"example.com\"\nshards = 1\n[static_tokens]\nfile = \"tokens.toml\"\n\
+             [forward]\nupstream = \"tcp:{}\"\ntrusted = [\"{}\"]\n",
+            core.local_addr().unwrap(),
+            core.local_addr().unwrap()
+        );
+        let sw = Sipward::launch(io, &config, &[("tokens.toml", TOKENS)]);
+        let client = udp_client();
+        client
+            .send_to(
+                register("alice", "up1", "UDP", Some("alice-token")).as_bytes(),
+                sw.udp,
+            )
+            .unwrap();
+        let (mut conn, from) = core.accept().unwrap();
+        assert_eq!(from.ip(), sw.udp.ip());
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let relayed = tcp_read_messages(&mut conn, 1).remove(0);
+        assert!(
+            headers(&relayed, "Via")[0].starts_with(&format!("SIP/2.0/TCP {};branch=", sw.udp)),
+            "{io}: {relayed}"
+        );
+        let path = headers(&relayed, "Path")[0].to_owned();
+        assert!(path.ends_with(";transport=tcp;lr>"), "{path}");
+        // The core answers on sipward's connection.
+        tcp_write(&mut conn, answer(&relayed, "200 OK").as_bytes());
+        let (ok, _) = recv(&client);
+        assert_eq!(status(&ok), 200, "{ok}");
+        // And sends a request for the client's flow on it; the client's answer comes back on it.
+        let invite = invite_from_core(&client, &path, "up2").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        tcp_write(&mut conn, invite.as_bytes());
+        let (got, _) = recv(&client);
+        assert!(got.starts_with("INVITE "), "{got}");
+        client
+            .send_to(answer(&got, "200 OK").as_bytes(), sw.udp)
+            .unwrap();
+        let back = tcp_read_messages(&mut conn, 1).remove(0);
+        assert_eq!(status(&back), 200, "{back}");
+        assert_eq!(headers(&back, "Via").len(), 1, "{back}");
+        let mut rest = [0u8; 1];
+        conn.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert!(
+            conn.read(&mut rest).is_err(),
+            "nothing else on the connection"
+        );
+    }
+}

@@ -88,12 +88,6 @@ impl RawForward {
                 format!("{addr:?} is not an IP:port address"),
             )
         })?;
-        if transport == Transport::Tcp {
-            return Err(invalid(
-                "forward.upstream",
-                "a TCP upstream is not supported yet; use \"udp:IP:PORT\"",
-            ));
-        }
         let name = &self.identity_header;
         if name.is_empty()
             || !name
@@ -137,7 +131,10 @@ impl RawForward {
             ));
         }
         let trusted = match &self.trusted {
-            None => vec![(upstream.ip(), Some(upstream.port()))],
+            // Over UDP the core sends from the address sipward relays to. Over TCP it answers on
+            // sipward's connection, but opens its own from any port to reach a flow.
+            None if transport == Transport::Udp => vec![(upstream.ip(), Some(upstream.port()))],
+            None => vec![(upstream.ip(), None)],
             Some(list) => list
                 .iter()
                 .enumerate()
@@ -219,6 +216,13 @@ mod tests {
     }
 
     #[test]
+    fn tcp_upstream_trusts_any_port_of_its_address() {
+        let c = parse("upstream = \"tcp:127.0.0.1:5070\"\n").unwrap();
+        assert_eq!(c.upstream_transport, Transport::Tcp);
+        assert_eq!(c.trusted, vec![("127.0.0.1".parse().unwrap(), None)]);
+    }
+
+    #[test]
     fn explicit_values() {
         let c = parse(
             "upstream = \"UDP:[::1]:5070\"\nstrip_token = false\nidentity_header = \"X-Id\"\n\
@@ -240,7 +244,6 @@ mod tests {
     fn errors_name_the_key() {
         assert!(err("upstream = \"127.0.0.1:5070\"\n").starts_with("forward.upstream:"));
         assert!(err("upstream = \"udp:host:5070\"\n").starts_with("forward.upstream:"));
-        assert!(err("upstream = \"tcp:127.0.0.1:5070\"\n").starts_with("forward.upstream:"));
         let up = "upstream = \"udp:127.0.0.1:5070\"\n";
         assert!(err(&format!("{up}identity_header = \"P A\"\n"))
             .starts_with("forward.identity_header:"));

@@ -4,7 +4,9 @@
 //! Each shard keeps its own table of TCP flows (connection number → writer queue) and a lane, a
 //! cross-thread channel, on which other shards hand it messages for its connections; no shard
 //! reads another's table. UDP goes out through the shard's own UDP socket, so the core and the
-//! clients see sipward's listen address.
+//! clients see sipward's listen address. A TCP upstream is reached over a connection the shard opens
+//! when it first needs one (and again after it closed); it is served like an accepted one, so the
+//! core's responses and requests on it go through the engine like any other message.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
@@ -17,7 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use super::process::ShardCtx;
 use super::stats::bump;
 use crate::auth::Done;
-use crate::forward::{Dest, Flow};
+use crate::forward::{Dest, Flow, Transport};
 
 /// A message for connection `conn` of the receiving shard.
 pub struct Handoff {
@@ -50,6 +52,8 @@ pub struct RelayState {
     /// This shard's TCP connections by number, with the peer each belongs to.
     flows: RefCell<HashMap<u64, (SocketAddr, Writer)>>,
     next_conn: std::cell::Cell<u64>,
+    /// The number of this shard's connection to a TCP upstream, once opened.
+    upstream_conn: std::cell::Cell<Option<u64>>,
 }
 
 impl RelayState {
@@ -59,6 +63,7 @@ impl RelayState {
             udp: OnceCell::new(),
             flows: RefCell::new(HashMap::new()),
             next_conn: std::cell::Cell::new(0),
+            upstream_conn: std::cell::Cell::new(None),
         }
     }
 
@@ -72,6 +77,9 @@ impl RelayState {
 
     pub fn close(&self, conn: u64) {
         self.flows.borrow_mut().remove(&conn);
+        if self.upstream_conn.get() == Some(conn) {
+            self.upstream_conn.set(None);
+        }
     }
 
     fn writer(
@@ -89,7 +97,12 @@ impl RelayState {
 #[inline]
 pub fn udp_target(ctx: &ShardCtx, dest: Dest) -> Option<SocketAddr> {
     match dest {
-        Dest::Upstream => ctx.shared.engine.forwarder().map(|f| f.upstream),
+        Dest::Upstream => ctx
+            .shared
+            .engine
+            .forwarder()
+            .filter(|f| f.upstream_transport == Transport::Udp)
+            .map(|f| f.upstream),
         Dest::Flow(Flow::Udp(a)) => Some(a),
         Dest::Flow(Flow::Tcp { .. }) => None,
     }
@@ -99,6 +112,7 @@ pub fn udp_target(ctx: &ShardCtx, dest: Dest) -> Option<SocketAddr> {
 pub async fn deliver(ctx: &Rc<ShardCtx>, dest: Dest, bytes: Vec<u8>) {
     match dest {
         Dest::Flow(Flow::Tcp { shard, conn, peer }) => to_tcp(ctx, shard, conn, peer, bytes).await,
+        Dest::Upstream if udp_target(ctx, dest).is_none() => to_upstream_tcp(ctx, bytes).await,
         _ => {
             let (Some(to), Some(sock)) = (udp_target(ctx, dest), ctx.relay.udp.get()) else {
                 bump(&ctx.stats.dropped_unroutable);
@@ -111,6 +125,61 @@ pub async fn deliver(ctx: &Rc<ShardCtx>, dest: Dest, bytes: Vec<u8>) {
             }
         }
     }
+}
+
+/// Sends to the TCP upstream over this shard's connection to it, opening one when there is none.
+async fn to_upstream_tcp(ctx: &Rc<ShardCtx>, bytes: Vec<u8>) {
+    let Some(up) = ctx.shared.engine.forwarder().map(|f| f.upstream) else {
+        return;
+    };
+    let open = ctx
+        .relay
+        .upstream_conn
+        .get()
+        .and_then(|conn| ctx.relay.writer(conn, up));
+    let tx = match open {
+        Some(tx) => tx,
+        None => match connect_upstream(ctx, up).await {
+            Some(tx) => tx,
+            None => {
+                bump(&ctx.stats.dropped_unroutable);
+                return;
+            }
+        },
+    };
+    if tx.send(bytes).await.is_err() {
+        bump(&ctx.stats.dropped_unroutable);
+    }
+}
+
+/// How long a connection to the upstream may take to open before the message is dropped.
+const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn connect_upstream(ctx: &Rc<ShardCtx>, up: SocketAddr) -> Option<Writer> {
+    let stream = match monoio::time::timeout(
+        UPSTREAM_CONNECT_TIMEOUT,
+        monoio::net::TcpStream::connect_addr(up),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(shard = ctx.id, %up, error = %e, "cannot connect to the upstream");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(shard = ctx.id, %up, "connecting to the upstream timed out");
+            return None;
+        }
+    };
+    let (opened, conn) = local_sync::oneshot::channel();
+    let task_ctx = ctx.clone();
+    monoio::spawn(async move {
+        super::tcp::connection(stream, up, &task_ctx, Some(opened)).await;
+    });
+    let conn = conn.await.ok()?;
+    ctx.relay.upstream_conn.set(Some(conn));
+    ctx.relay.writer(conn, up)
 }
 
 /// Sends to a TCP flow: this shard's connection directly, another shard's through its lane.

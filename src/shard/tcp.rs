@@ -38,7 +38,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
                 bump(&ctx.stats.tcp_open);
                 let ctx = ctx.clone();
                 monoio::spawn(async move {
-                    connection(stream, peer, &ctx).await;
+                    connection(stream, peer, &ctx, None).await;
                     ctx.tcp_conns.set(ctx.tcp_conns.get() - 1);
                     let open = &ctx.stats.tcp_open;
                     open.store(
@@ -56,7 +56,14 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
+/// Serves one connection until it closes. `opened` learns the connection's number in forward mode's
+/// flow table (the upstream connection sipward opens itself is found that way).
+pub(super) async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Rc<ShardCtx>,
+    opened: Option<local_sync::oneshot::Sender<u64>>,
+) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let (mut rd, mut wr) = stream.into_split();
@@ -80,6 +87,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
     } else {
         0
     };
+    if let Some(opened) = opened {
+        let _ = opened.send(conn);
+    }
     let arrival = Flow::Tcp {
         shard: u16::try_from(ctx.id).unwrap_or(u16::MAX),
         conn,

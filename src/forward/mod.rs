@@ -240,14 +240,17 @@ impl Forwarder {
         let mut vias = msg.vias();
         let top = vias.next().ok_or(Refusal::NotOurVia)?;
         let (_, sent_by, params) = split_via(top).ok_or(Refusal::NotOurVia)?;
-        let ours = self.is_us(sent_by)
-            && param(params, b"branch")
-                .flatten()
-                .is_some_and(|b| b.starts_with(BRANCH_PREFIX));
-        if !ours {
+        if !self.is_us(sent_by) {
             return Err(Refusal::NotOurVia);
         }
-        let dest = match param(params, FLOW_PARAM) {
+        let [branch, flow] = params_named(params, [b"branch", FLOW_PARAM]);
+        if !branch
+            .flatten()
+            .is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+        {
+            return Err(Refusal::NotOurVia);
+        }
+        let dest = match flow {
             Some(token) => Dest::Flow(
                 self.key
                     .verify(token.unwrap_or_default())
@@ -552,6 +555,24 @@ fn split_host_port(hp: &[u8]) -> (&[u8], Option<u16>) {
     }
 }
 
+/// The values of the parameters named `names` (case-insensitive, first occurrence), as [`param`]
+/// gives them, in one pass over the parameters.
+fn params_named<'a, const N: usize>(
+    p: &'a [u8],
+    names: [&[u8]; N],
+) -> [Option<Option<&'a [u8]>>; N] {
+    let mut found = [None; N];
+    for (name, value) in crate::sip::addr::params(p) {
+        for (slot, wanted) in found.iter_mut().zip(names) {
+            if slot.is_none() && name.eq_ignore_ascii_case(wanted) {
+                *slot = Some(value);
+            }
+        }
+    }
+    found
+}
+
+/// An IP address as a Via parameter or host writes it (IPv6 with or without brackets).
 fn parse_ip(host: &[u8]) -> Option<IpAddr> {
     let host = host
         .strip_prefix(b"[")
@@ -569,11 +590,12 @@ fn via_destination(via: &[u8]) -> Option<Dest> {
         return Some(Dest::Upstream);
     }
     let (host, port) = split_host_port(sent_by);
-    let ip = match param(params, b"received").flatten() {
+    let [received, rport] = params_named(params, [b"received", b"rport"]);
+    let ip = match received.flatten() {
         Some(r) => parse_ip(r)?,
         None => parse_ip(host)?,
     };
-    let port = match param(params, b"rport").flatten() {
+    let port = match rport.flatten() {
         Some(p) => std::str::from_utf8(p).ok()?.parse().ok()?,
         None => port.unwrap_or(5060),
     };

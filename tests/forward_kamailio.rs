@@ -2,7 +2,9 @@
 //! scripts/test.sh) as registrar and proxy, which accepts requests from sipward's address only, and
 //! SIPp as the clients. A UAC registers through sipward; a bad token never reaches Kamailio; a UAS
 //! registers, then a UAC calls it: INVITE through sipward to Kamailio, back through sipward along
-//! the Path to the UAS, then 200, ACK and BYE. Client sides over UDP and over TCP.
+//! the Path to the UAS, then 200, ACK and BYE. Client sides over UDP and over TCP; sipward's upstream
+//! over UDP and over TCP (Kamailio then on 127.0.0.2, so that its own connections to sipward, which
+//! come from any port, are told apart from the clients' on 127.0.0.1).
 
 mod common;
 
@@ -17,15 +19,28 @@ use common::*;
 
 /// Registrar (usrloc in memory, Path stored) and record-routing proxy; requests from anywhere but
 /// sipward are refused. Each received request and each stored binding is logged for the test.
-fn kamailio_cfg(kamailio: u16, sipward: u16) -> String {
+/// Over UDP sipward sends from its listen port; over TCP from any port of its address.
+fn kamailio_cfg(upstream: Upstream, kamailio: u16, sipward: u16) -> String {
+    let (transport_options, listen, source_check) = match upstream {
+        Upstream::Udp => (
+            "disable_tcp=yes",
+            format!("udp:127.0.0.1:{kamailio}"),
+            format!("$si != \"127.0.0.1\" || $sp != {sipward}"),
+        ),
+        Upstream::Tcp => (
+            "tcp_children=1",
+            format!("tcp:127.0.0.2:{kamailio}"),
+            "$si != \"127.0.0.1\"".to_owned(),
+        ),
+    };
     format!(
         r#"#!KAMAILIO
 debug=2
 log_stderror=yes
 children=1
-disable_tcp=yes
+{transport_options}
 auto_aliases=no
-listen=udp:127.0.0.1:{kamailio}
+listen={listen}
 mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 loadmodule "tm.so"
 loadmodule "sl.so"
@@ -44,7 +59,7 @@ modparam("usrloc", "db_mode", 0)
 
 request_route {{
     xlog("L_NOTICE", "KAM-RECV $rm $ci from $si:$sp\n");
-    if ($si != "127.0.0.1" || $sp != {sipward}) {{
+    if ({source_check}) {{
         sl_send_reply("403", "Only sipward may send here");
         exit;
     }}
@@ -72,6 +87,12 @@ request_route {{
     )
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    Udp,
+    Tcp,
+}
+
 struct Kamailio {
     child: Child,
     log: Arc<Mutex<String>>,
@@ -79,10 +100,10 @@ struct Kamailio {
 }
 
 impl Kamailio {
-    fn start(port: u16, sipward: u16) -> Kamailio {
+    fn start(upstream: Upstream, port: u16, sipward: u16) -> Kamailio {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("kamailio.cfg");
-        std::fs::write(&cfg, kamailio_cfg(port, sipward)).unwrap();
+        std::fs::write(&cfg, kamailio_cfg(upstream, port, sipward)).unwrap();
         let mut child = Command::new("kamailio")
             .arg("-f")
             .arg(&cfg)
@@ -109,6 +130,18 @@ impl Kamailio {
             log,
             _dir: dir,
         };
+        if upstream == Upstream::Tcp {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "kamailio did not start:\n{}",
+                    k.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return k;
+        }
         // Ready once its UDP socket answers: an OPTIONS from a stranger gets the 403.
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
         probe
@@ -138,6 +171,21 @@ impl Kamailio {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The first log line containing `needle`, waiting for it a little: Kamailio logs after it
+    /// answered, so the client may be done before the line is written.
+    fn wait_for_line(&self, needle: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(l) = self.log().lines().find(|l| l.contains(needle)) {
+                return Some(l.to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -178,7 +226,7 @@ struct Setup {
     dir: tempfile::TempDir,
 }
 
-fn start(io: &str) -> Setup {
+fn start(io: &str, upstream: Upstream) -> Setup {
     let port = free_port();
     let kport = loop {
         let p = free_port();
@@ -186,11 +234,15 @@ fn start(io: &str) -> Setup {
             break p;
         }
     };
-    let kamailio = Kamailio::start(kport, port);
+    let kamailio = Kamailio::start(upstream, kport, port);
+    let up = match upstream {
+        Upstream::Udp => format!("udp:127.0.0.1:{kport}"),
+        Upstream::Tcp => format!("tcp:127.0.0.2:{kport}"),
+    };
     let config = format!(
         "[server]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nio = \"{io}\"\n\
          shards = 2\n[static_tokens]\nfile = \"tokens.toml\"\n\
-         [forward]\nupstream = \"udp:127.0.0.1:{kport}\"\nflow_key = \"kamailio test flow key\"\n"
+         [forward]\nupstream = \"{up}\"\nflow_key = \"kamailio test flow key\"\n"
     );
     let tokens = std::fs::read_to_string(repo_path("examples/tokens.toml")).unwrap();
     let sipward = Sipward::launch(io, &config, &[("tokens.toml", &tokens)]);
@@ -245,8 +297,8 @@ fn lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
-fn register_and_call(io: &str, transport: &str) {
-    let s = start(io);
+fn register_and_call(io: &str, transport: &str, upstream: Upstream) {
+    let s = start(io, upstream);
     let to = if transport == "t1" {
         s.sipward.tcp
     } else {
@@ -265,13 +317,17 @@ fn register_and_call(io: &str, transport: &str) {
     .output()
     .unwrap();
     check("register", &out, &s);
-    let log = s.kamailio.log();
-    let stored = log
-        .lines()
-        .find(|l| l.contains("KAM-LOCATION alice "))
-        .unwrap_or_else(|| panic!("{io} {transport}: no binding for alice:\n{log}"));
+    let stored = s
+        .kamailio
+        .wait_for_line("KAM-LOCATION alice ")
+        .unwrap_or_else(|| {
+            panic!(
+                "{io} {transport}: no binding for alice:\n{}",
+                s.kamailio.log()
+            )
+        });
     assert!(
-        stored.contains(&format!("@{};lr>", s.sipward.udp)),
+        stored.contains(&format!("@{}", s.sipward.udp)) && stored.contains(";lr>"),
         "{io} {transport}: the binding's Path names sipward: {stored}"
     );
 
@@ -309,15 +365,11 @@ fn register_and_call(io: &str, transport: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !s.kamailio.log().contains("KAM-LOCATION bob ") {
-        assert!(
-            Instant::now() < deadline,
-            "{io} {transport}: bob never registered:\n{}",
-            s.kamailio.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        s.kamailio.wait_for_line("KAM-LOCATION bob ").is_some(),
+        "{io} {transport}: bob never registered:\n{}",
+        s.kamailio.log()
+    );
     let uac = sipp(
         s.dir.path(),
         "sipp_scenarios/invite_bearer_uac_forward.xml",
@@ -332,6 +384,8 @@ fn register_and_call(io: &str, transport: &str) {
     let uas = uas.wait_with_output().unwrap();
     check("caller", &uac, &s);
     check("callee", &uas, &s);
+    // The BYE is the last request Kamailio sees; once it is logged, so is everything before it.
+    s.kamailio.wait_for_line("KAM-RECV BYE fwd-1-call");
     let log = s.kamailio.log();
     assert!(
         log.contains("KAM-PAI <sip:alice@example.com>"),
@@ -348,13 +402,21 @@ fn register_and_call(io: &str, transport: &str) {
 #[test]
 fn kamailio_behind_sipward_udp() {
     for io in DRIVERS {
-        register_and_call(io, "u1");
+        register_and_call(io, "u1", Upstream::Udp);
     }
 }
 
 #[test]
 fn kamailio_behind_sipward_tcp_clients() {
     for io in DRIVERS {
-        register_and_call(io, "t1");
+        register_and_call(io, "t1", Upstream::Udp);
+    }
+}
+
+#[test]
+fn kamailio_over_tcp_behind_sipward() {
+    for io in DRIVERS {
+        register_and_call(io, "u1", Upstream::Tcp);
+        register_and_call(io, "t1", Upstream::Tcp);
     }
 }

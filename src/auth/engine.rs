@@ -189,7 +189,15 @@ impl Engine {
         let source = arrival.peer();
         if !msg.is_request() {
             return Err(match &self.forward {
-                Some(fwd) => forwarded(fwd.relay_response(msg, out)),
+                Some(fwd) => forwarded(fwd.relay_response(msg, out).and_then(|dest| {
+                    // A client answers only the core's requests: its responses go to the core,
+                    // never to an address a forged Via names.
+                    if fwd.is_trusted(source) || fwd.leads_to_core(dest) {
+                        Ok(dest)
+                    } else {
+                        Err(Refusal::Unroutable)
+                    }
+                })),
                 None => Done::Dropped(DropReason::UnexpectedResponse),
             });
         }

@@ -141,6 +141,15 @@ impl Forwarder {
             .any(|&(ip, port)| ip == source.ip() && port.is_none_or(|p| p == source.port()))
     }
 
+    /// Whether `dest` is the core: the upstream, or a trusted address.
+    pub fn leads_to_core(&self, dest: Dest) -> bool {
+        match dest {
+            Dest::Upstream => true,
+            Dest::Flow(Flow::Udp(a)) => self.is_trusted(a),
+            Dest::Flow(Flow::Tcp { .. }) => false,
+        }
+    }
+
     /// Writes the relayed form of a client's request into `out`, or says why it is answered instead.
     pub fn relay_from_client(
         &self,

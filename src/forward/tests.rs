@@ -516,6 +516,15 @@ mod engine {
         // A response that is not for sipward is dropped.
         let (done, _) = run(&e, &response_to(&register(""), "200 OK"), core, None);
         assert_eq!(done, Done::Dropped(crate::auth::DropReason::NotOurVia));
+
+        // A client's response with sipward's Via on top goes only to the core: one whose next Via
+        // names another address (a reflection attempt) is dropped.
+        let (_, relayed) = relay(&fwd(), &register(""), udp_client());
+        let to_victim = response_to(&relayed, "200 OK");
+        let (done, _) = run(&e, &to_victim, client(), None);
+        assert_eq!(done, Done::Dropped(crate::auth::DropReason::Unroutable));
+        let (done, _) = run(&e, &to_victim, core, None);
+        assert_eq!(done, Done::Forwarded(Dest::Flow(Flow::Udp(client()))));
     }
 
     #[test]

@@ -251,7 +251,7 @@ impl Server {
 async fn shard_main(
     ctx: Rc<ShardCtx>,
     socks: ShardSockets,
-    lane: tokio::sync::mpsc::UnboundedReceiver<relay::Handoff>,
+    lane: tokio::sync::mpsc::Receiver<relay::Handoff>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let mut tasks = Vec::new();

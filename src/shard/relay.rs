@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use monoio::net::udp::UdpSocket;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 use super::process::ShardCtx;
 use super::stats::bump;
@@ -28,15 +28,19 @@ pub struct Handoff {
     pub bytes: Vec<u8>,
 }
 
+/// Messages a lane holds for its shard before further ones are dropped (and counted): a shard
+/// that cannot keep up sheds load instead of growing a queue without bound.
+const LANE_CAPACITY: usize = 8192;
+
 /// The senders of every shard's lane, indexed by shard.
 pub struct Lanes {
-    senders: Vec<UnboundedSender<Handoff>>,
+    senders: Vec<Sender<Handoff>>,
 }
 
 impl Lanes {
     /// One lane per shard; the receivers go to the shards in order.
-    pub fn new(shards: usize) -> (Lanes, Vec<UnboundedReceiver<Handoff>>) {
-        let (senders, receivers) = (0..shards).map(|_| unbounded_channel()).unzip();
+    pub fn new(shards: usize) -> (Lanes, Vec<Receiver<Handoff>>) {
+        let (senders, receivers) = (0..shards).map(|_| channel(LANE_CAPACITY)).unzip();
         (Lanes { senders }, receivers)
     }
 }
@@ -190,9 +194,10 @@ pub async fn to_tcp(ctx: &Rc<ShardCtx>, shard: u16, conn: u64, peer: SocketAddr,
             .lanes
             .senders
             .get(usize::from(shard))
-            .is_some_and(|lane| lane.send(Handoff { conn, peer, bytes }).is_ok());
+            .is_some_and(|lane| lane.try_send(Handoff { conn, peer, bytes }).is_ok());
         if !sent {
-            // A token signed by this deployment for a shard it does not run (restarted with fewer).
+            // The lane is full, or the token names a shard this process does not run (signed
+            // before a restart with fewer shards).
             bump(&ctx.stats.dropped_unroutable);
         }
         return;
@@ -222,7 +227,7 @@ async fn flow_gone(ctx: &Rc<ShardCtx>, relayed: &[u8]) {
 }
 
 /// Serves this shard's lane: messages other shards relay to its TCP connections.
-pub async fn serve_lane(ctx: Rc<ShardCtx>, mut rx: UnboundedReceiver<Handoff>) {
+pub async fn serve_lane(ctx: Rc<ShardCtx>, mut rx: Receiver<Handoff>) {
     while let Some(h) = rx.recv().await {
         let id = u16::try_from(ctx.id).unwrap_or(u16::MAX);
         to_tcp(&ctx, id, h.conn, h.peer, h.bytes).await;

@@ -12,6 +12,11 @@
 //! counters (cache hit, response code, method × outcome). Not included: the socket I/O around
 //! `process`.
 //!
+//! A second group, `forward_path`, times forward mode's counterpart beside the same respond path:
+//! the cached-token REGISTER relayed to the upstream (Via with the derived branch, received/rport,
+//! Path with a signed flow token, P-Asserted-Identity, Bearer line dropped), and the core's 200
+//! relayed back (sipward's Via checked and popped, destination from the next Via).
+//!
 //! Run: `cargo bench --bench respond_path` (see BENCHMARKS.md for recorded figures).
 
 use std::hint::black_box;
@@ -245,5 +250,93 @@ fn bench_respond(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_respond);
+fn bench_forward(c: &mut Criterion) {
+    let now = unix_now();
+    let tokens = warmed_service(now);
+    let src = src();
+    let with_token = register(true);
+    let cfg = sipward::config::Config::parse(
+        "[server]\nudp = [\"192.0.2.1:5060\"]\n[forward]\nupstream = \"udp:192.0.2.100:5060\"\n\
+         flow_key = \"0123456789abcdef0123\"\n",
+        std::path::Path::new("."),
+    )
+    .expect("config");
+    let fwd = sipward::forward::Forwarder::new(cfg.forward.as_ref().expect("[forward]"), (3, 4));
+    let respond_engine = Engine::new(Policy::default(), 200, (1, 2));
+    let forward_engine = Engine::new(Policy::default(), 200, (1, 2)).with_forward(Some(fwd));
+    let core: SocketAddr = "192.0.2.100:5060".parse().unwrap();
+
+    // What is timed must do what the server does: relay the REGISTER, then the core's answer.
+    let mut out = Vec::with_capacity(2048);
+    let relayed = Done::Forwarded(sipward::forward::Dest::Upstream);
+    assert_eq!(
+        respond(&forward_engine, &tokens, &with_token, src, &mut out),
+        relayed
+    );
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(
+        text.contains("\r\nPath: <sip:") && !text.contains(TOKEN),
+        "{text}"
+    );
+    println!("relayed REGISTER: {} bytes", out.len());
+    let mut answer = String::from("SIP/2.0 200 OK\r\n");
+    for line in text.lines().filter(|l| l.starts_with("Via: ")) {
+        answer.push_str(line);
+        answer.push_str("\r\n");
+    }
+    answer.push_str(
+        "From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>;tag=2\r\n\
+         Call-ID: a84b4c76e66710@pc33.example.com\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+    );
+    let answer = answer.into_bytes();
+    let back = Done::Forwarded(sipward::forward::Dest::Flow(sipward::forward::Flow::Udp(
+        src,
+    )));
+    match forward_engine.begin(&answer, core, &mut out) {
+        Begin::Done(done) => assert_eq!(done, back),
+        Begin::NeedToken(_) => panic!("a response needs no token"),
+    }
+
+    let mut g = c.benchmark_group("forward_path");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("respond_cached_token_full", |b| {
+        let mut out = Vec::with_capacity(2048);
+        b.iter(|| {
+            let done = respond(
+                &respond_engine,
+                &tokens,
+                black_box(&with_token),
+                src,
+                &mut out,
+            );
+            black_box(&out);
+            done
+        })
+    });
+    g.bench_function("relay_cached_token_full", |b| {
+        let mut out = Vec::with_capacity(2048);
+        b.iter(|| {
+            let done = respond(
+                &forward_engine,
+                &tokens,
+                black_box(&with_token),
+                src,
+                &mut out,
+            );
+            black_box(&out);
+            done
+        })
+    });
+    g.bench_function("relay_core_response", |b| {
+        let mut out = Vec::with_capacity(2048);
+        b.iter(|| {
+            let done = forward_engine.begin(black_box(&answer), core, &mut out);
+            black_box(&out);
+            matches!(done, Begin::Done(_))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_respond, bench_forward);
 criterion_main!(benches);

@@ -15,7 +15,9 @@
 #        SKIP_KAMAILIO=1 to leave Kamailio out, CARGO_TARGET_DIR as for cargo.
 #        SLOW_AS_MS (20): latency of the second mock-as, the slow authorization server of the
 #        all-miss comparison (0 leaves that phase out); SLOW_AS_PORT (mock-as port + 1), second
-#        sipward on SIPWARD_PORT + 1 pointing at it.
+#        sipward on SIPWARD_PORT + 2 pointing at it.
+#        FORWARD (1): also forward mode, cached tokens, UDP: sipward (+1) relaying to a bare responder
+#        that echoes the request's headers (+21), beside Kamailio doing the same (kamailio-forward.cfg.in, +12).
 #
 # Everything listens on 127.0.0.1 only; every load run is bounded (warm-up + duration + 2 s timeout,
 # and a `timeout` around it); every process the script starts is stopped on exit.
@@ -38,16 +40,20 @@ PORT_BASE=${PORT_BASE:-15060}
 SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SIPWARD_IO=${SIPWARD_IO:-auto}
 SLOW_AS_MS=${SLOW_AS_MS:-20}
+FORWARD=${FORWARD:-1}
 
 SIPWARD_PORT=$PORT_BASE
 KAM_UDP_PORT=$((PORT_BASE + 10))
 KAM_TCP_PORT=$((PORT_BASE + 11))
 BARE_PORT=$((PORT_BASE + 20))
+FWD_PORT=$((PORT_BASE + 1))
+KAM_FWD_PORT=$((PORT_BASE + 12))
+FWD_BARE_PORT=$((PORT_BASE + 21))
 AS_PORT=$((PORT_BASE + 3000))
 AS_URL="http://127.0.0.1:$AS_PORT/introspect"
 SLOW_AS_PORT=${SLOW_AS_PORT:-$((AS_PORT + 1))}
 SLOW_AS_URL="http://127.0.0.1:$SLOW_AS_PORT/introspect"
-SLOW_SIPWARD_PORT=$((SIPWARD_PORT + 1))
+SLOW_SIPWARD_PORT=$((SIPWARD_PORT + 2))
 CLIENT_ID=load
 CLIENT_SECRET=load-secret
 # A run may take warm-up + duration + the 2 s response timeout; anything past this is a hang.
@@ -105,7 +111,7 @@ trap 'exit 143' TERM
 for t in taskset python3 ss timeout pgrep; do command -v $t >/dev/null || die "$t is missing"; done
 
 port_free() { ! ss -Hlnu "sport = :$1" | grep -q . && ! ss -Hlnt "sport = :$1" | grep -q .; }
-for p in $SIPWARD_PORT $SLOW_SIPWARD_PORT $KAM_UDP_PORT $KAM_TCP_PORT $BARE_PORT $AS_PORT $SLOW_AS_PORT; do
+for p in $SIPWARD_PORT $SLOW_SIPWARD_PORT $KAM_UDP_PORT $KAM_TCP_PORT $BARE_PORT $AS_PORT $SLOW_AS_PORT $FWD_PORT $KAM_FWD_PORT $FWD_BARE_PORT; do
     port_free "$p" || die "port $p is in use on this machine; set PORT_BASE"
 done
 
@@ -209,6 +215,12 @@ TOML
 sed -e "s|127.0.0.1:$SIPWARD_PORT|127.0.0.1:$SLOW_SIPWARD_PORT|g" -e "s|$AS_URL|$SLOW_AS_URL|" \
     "$work/sipward.toml" > "$work/sipward-slow.toml"
 
+# Forward mode: the same, relaying what passes to a bare responder that answers as a core would.
+{
+    sed -e "s/127.0.0.1:$SIPWARD_PORT/127.0.0.1:$FWD_PORT/" "$work/sipward.toml"
+    printf '\n[forward]\nupstream = "udp:127.0.0.1:%s"\n' "$FWD_BARE_PORT"
+} > "$work/sipward-forward.toml"
+
 # ---------------------------------------------------------------------------------------------
 # Servers. Each is started in the background, pinned, and waited for.
 # $1: port, $2: log name, rest: extra mock-as arguments
@@ -230,6 +242,21 @@ start_sipward() {
     pids+=("$!")
     wait_for_line "$work/$2.log" "sipward ready" $! || die "$2 did not start"
     sipward_io=$(grep 'sipward ready' "$work/$2.log" | grep -o 'io_uring\|epoll' | tail -1)
+}
+
+# Kamailio forwarding to the echoing bare responder, from this repository's kamailio-forward.cfg.in.
+start_kamailio_forward() {
+    local cfg=$work/kamailio-forward.cfg basic
+    basic=$(printf '%s:%s' "$CLIENT_ID" "$CLIENT_SECRET" | base64 -w0)
+    sed -e "s|@AS_URL@|$AS_URL|" -e "s|@AS_BASIC@|$basic|" -e "s|@LISTEN@|udp:127.0.0.1:$KAM_FWD_PORT|" \
+        -e "s|@CHILDREN@|1|" -e "s|@UPSTREAM@|sip:127.0.0.1:$FWD_BARE_PORT|" \
+        "$here/kamailio-forward.cfg.in" > "$cfg"
+    local c="taskset -c $SERVER_CPU kamailio -f $cfg -DD -E"
+    record "$c"
+    $c > "$work/kamailio-forward.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    wait_for_port "$KAM_FWD_PORT" udp "$pid" || { tail -20 "$work/kamailio-forward.log" >&2; return 1; }
 }
 
 # $1: udp or tcp
@@ -254,12 +281,15 @@ start_kamailio() {
     fi
 }
 
+# $1: port, $2: log name, rest: more bare-responder arguments
 start_bare() {
-    local c="taskset -c $SERVER_CPU $LOAD bare-responder --listen 127.0.0.1:$BARE_PORT"
+    local port=${1:-$BARE_PORT} name=${2:-bare}
+    shift 2 || true
+    local c="taskset -c $SERVER_CPU $LOAD bare-responder --listen 127.0.0.1:$port $*"
     record "$c"
-    $c 2> "$work/bare.log" &
+    $c 2> "$work/$name.log" &
     pids+=("$!")
-    wait_for_line "$work/bare.log" "bare-responder listening" $! || die "bare-responder did not start"
+    wait_for_line "$work/$name.log" "bare-responder listening" $! || die "$name did not start"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -304,11 +334,18 @@ udp_socket_stats() {
 
 start_mock_as "$AS_PORT" mock-as
 start_sipward sipward.toml sipward
-start_bare
-kam_udp=0 kam_tcp=0
+start_bare "$BARE_PORT" bare
+kam_udp=0 kam_tcp=0 kam_fwd=0
 if [ -z "$kam_note" ]; then
     if start_kamailio udp; then kam_udp=1; else kam_note="Kamailio UDP did not start (see its log)."; fi
     if start_kamailio tcp; then kam_tcp=1; else kam_note="$kam_note Kamailio TCP did not start (see its log)."; fi
+fi
+if [ "$FORWARD" = 1 ]; then
+    start_bare "$FWD_BARE_PORT" bare-forward --echo-headers
+    start_sipward sipward-forward.toml sipward-forward
+    if [ -z "$kam_note" ]; then
+        if start_kamailio_forward; then kam_fwd=1; else kam_note="$kam_note Kamailio forward did not start (see its log)."; fi
+    fi
 fi
 log "work directory: $work"
 
@@ -320,6 +357,10 @@ for r in $(seq 1 "$RUNS"); do
     [ $kam_udp -eq 1 ] && run_register kamailio-udp "$r" --target 127.0.0.1:$KAM_UDP_PORT --window $WINDOW
     [ $kam_tcp -eq 1 ] && run_register kamailio-tcp "$r" --target 127.0.0.1:$KAM_TCP_PORT --window $WINDOW --transport tcp --connections $CONNECTIONS
     run_register bare-udp "$r" --target 127.0.0.1:$BARE_PORT --window $WINDOW
+    if [ "$FORWARD" = 1 ]; then
+        run_register sipward-fwd-udp "$r" --target 127.0.0.1:$FWD_PORT --window $WINDOW
+        [ $kam_fwd -eq 1 ] && run_register kamailio-fwd-udp "$r" --target 127.0.0.1:$KAM_FWD_PORT --window $WINDOW
+    fi
 done
 as_stats > "$work/as-stats.cached.json"
 udp_socket_stats closed-loop
@@ -439,6 +480,8 @@ rows = [
     ("Kamailio 5.6, 1 child, cached tokens", "UDP", "kamailio-udp"),
     ("Kamailio 5.6, 1 child, cached tokens", f"TCP ×{E['C_CONNECTIONS']}", "kamailio-tcp"),
     ("bare recvmmsg/sendmmsg responder", "UDP", "bare-udp"),
+    ("sipward forward mode, cached tokens → bare responder (headers echoed)", "UDP", "sipward-fwd-udp"),
+    ("Kamailio 5.6 forward(), 1 child, cached tokens → bare responder", "UDP", "kamailio-fwd-udp"),
     ("sipward, every token new (all-miss)", "UDP", "sipward-allmiss"),
     (f"mock-as alone (as-bench, {E['C_WINDOW']} connections)", "HTTP/1.1", "as-bench"),
     (f"sipward, all-miss, mock-as with {E['C_SLOW_AS_MS']} ms latency", "UDP", "sipward-allmiss-slow"),
@@ -495,13 +538,16 @@ w("|---|---:|")
 w(f"| sipward / Kamailio, UDP answers/s | {ratio(m('sipward-udp'), m('kamailio-udp'))} |")
 w(f"| sipward / Kamailio, TCP answers/s | {ratio(m('sipward-tcp'), m('kamailio-tcp'))} |")
 w(f"| sipward / bare responder, UDP answers/s | {ratio(m('sipward-udp'), m('bare-udp'))} |")
+w(f"| sipward forward / sipward respond, UDP answers/s (target ≥ 0.80) | {ratio(m('sipward-fwd-udp'), m('sipward-udp'))} |")
+w(f"| sipward forward / Kamailio forward, UDP answers/s (target ≥ 2) | {ratio(m('sipward-fwd-udp'), m('kamailio-fwd-udp'))} |")
 w(f"| sipward all-miss / mock-as alone (as-bench), answers/s | {ratio(m('sipward-allmiss'), m('as-bench'))} |")
 w(f"| sipward all-miss / mock-as alone, both with {E['C_SLOW_AS_MS']} ms AS latency, answers/s | {ratio(m('sipward-allmiss-slow'), m('as-bench-slow'))} |")
 w(f"| sipward p99 / bare p99 at {rate:,}/s | {ratio(m('sipward-rate', p('p99')), m('bare-rate', p('p99')))} |")
 w("")
 
 bad = []
-for key in ("sipward-udp", "sipward-tcp", "kamailio-udp", "kamailio-tcp", "bare-udp", "sipward-rate", "bare-rate"):
+for key in ("sipward-udp", "sipward-tcp", "kamailio-udp", "kamailio-tcp", "bare-udp", "sipward-rate", "bare-rate",
+            "sipward-fwd-udp", "kamailio-fwd-udp"):
     for i, r in enumerate(res.get(key, []), 1):
         if non200(r) or fail(r):
             bad.append(f"{key} run {i}: status {r.get('status')}, timeouts {r.get('timeouts')}, "
@@ -571,6 +617,10 @@ if E.get("C_KAM_VERSION"):
     w(f"- Kamailio: `{E['C_KAM_VERSION']}`, ../shared/peers/kamailio-introspect.cfg.in via run-kamailio.sh, "
       "children=1, one instance for UDP and one for TCP (the cfg has one `listen`; TCP is on by default "
       "in Kamailio, so `tcp:` in LISTEN gives a TCP listener with 1 TCP worker)")
+w("- forward mode (unless FORWARD=0): sipward with `[forward] upstream` = a second bare responder run with "
+  "`--echo-headers` (the forward-mode rows' 200s are the bare responder's, relayed), and Kamailio with "
+  "loadtest/kamailio-forward.cfg.in (the respond-mode peer's introspection and cache, then `forward()`) "
+  "to the same responder")
 if E.get("C_KAM_NOTE"):
     w(f"- {E['C_KAM_NOTE']}")
 w("- the systems take turns within each round (sipward UDP, TCP, Kamailio UDP, TCP, bare), all of them "

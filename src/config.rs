@@ -39,7 +39,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -87,6 +87,7 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub admin: RawAdmin,
+    pub forward: Option<crate::forward::RawForward>,
 }
 
 /// `[admin]`: the HTTP server for /metrics, /healthz and /readyz; off unless `listen` is set.
@@ -275,6 +276,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `[admin] listen`.
     pub admin: Option<SocketAddr>,
+    /// `[forward]`: relay requests that pass to this upstream instead of answering them.
+    pub forward: Option<crate::forward::ForwardConfig>,
 }
 
 impl Config {
@@ -654,6 +657,10 @@ impl RawConfig {
         } else {
             SourceConfig::None
         };
+        let forward = match &self.forward {
+            Some(f) => Some(f.validate(base, udp.first().copied())?),
+            None => None,
+        };
         Ok(Config {
             server: ServerConfig {
                 udp,
@@ -687,6 +694,7 @@ impl RawConfig {
                 negative_ttl_s: c.negative_ttl_s,
             },
             admin,
+            forward,
         })
     }
 }

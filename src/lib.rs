@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod forward;
 pub mod logs;
 pub mod shard;
 pub mod sip;

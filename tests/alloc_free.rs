@@ -1,7 +1,8 @@
 //! Proof that the hot path does not touch the heap: a counting global allocator counts allocations
 //! made by the current thread, and a well-formed REGISTER of about 600 bytes is scanned (and its
 //! decision inputs extracted) without one. The respond-mode path with a cached token, writing into
-//! a reused output buffer, is held to the same standard.
+//! a reused output buffer, is held to the same standard, and so is forward mode's: relaying the
+//! request (with its Path and flow token) and relaying the core's response back.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -160,4 +161,74 @@ fn cached_token_respond_path_does_not_allocate() {
     );
     assert!(out.starts_with(b"SIP/2.0 200 OK\r\n"));
     assert_eq!(n, 0, "the cached respond path allocated {n} times");
+}
+
+#[test]
+fn cached_token_forward_path_does_not_allocate() {
+    let tokens = StaticTokens::parse(&format!(
+        "[[tokens]]\ntoken = \"{TOKEN}\"\nusername = \"alice\"\n"
+    ))
+    .expect("token file");
+    let cache = CacheConfig {
+        max_entries: 100,
+        max_ttl_s: 3600,
+        negative_ttl_s: 10,
+    };
+    let svc = TokenService::new(Some(Arc::new(tokens)), &cache, TokenHasher::new((1, 2)));
+    let now = 1_700_000_000;
+    let key = svc.key(TOKEN);
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .build()
+        .expect("runtime")
+        .block_on(svc.resolve(TOKEN, key, now))
+        .expect("the static source answers");
+
+    let cfg = sipward::config::Config::parse(
+        "[server]\nudp = [\"192.0.2.1:5060\"]\n[forward]\nupstream = \"udp:192.0.2.100:5060\"\n\
+         flow_key = \"0123456789abcdef0123\"\n",
+        std::path::Path::new("."),
+    )
+    .expect("config");
+    let fwd = sipward::forward::Forwarder::new(cfg.forward.as_ref().expect("[forward]"), (3, 4));
+    let engine = Engine::new(Policy::default(), 200, (5, 6)).with_forward(Some(fwd));
+    let src: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+    let core: SocketAddr = "192.0.2.100:5060".parse().unwrap();
+    let msg = register();
+    let mut out = Vec::with_capacity(2048);
+    let relay = |out: &mut Vec<u8>| {
+        let Begin::NeedToken(p) = engine.begin(&msg, src, out) else {
+            panic!("a token is needed");
+        };
+        let key = svc.key(p.token);
+        svc.with_cached(key, now, |facts| {
+            engine.finish(&p, src, Lookup::Found(facts), now, out)
+        })
+        .expect("cached")
+    };
+    let upstream = Done::Forwarded(sipward::forward::Dest::Upstream);
+    assert_eq!(relay(&mut out), upstream);
+    let (done, n) = allocations_in(|| relay(&mut out));
+    assert_eq!(done, upstream);
+    assert_eq!(n, 0, "the cached forward path allocated {n} times");
+
+    // The core's 200 with the relayed request's Vias, back through the engine.
+    let relayed = String::from_utf8(out.clone()).unwrap();
+    let mut response = String::from("SIP/2.0 200 OK\r\n");
+    for line in relayed.lines().filter(|l| l.starts_with("Via: ")) {
+        response.push_str(line);
+        response.push_str("\r\n");
+    }
+    response.push_str("Call-ID: a84b4c76e66710@pc33.example.com\r\nCSeq: 1 REGISTER\r\n\
+From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>;tag=2\r\nContent-Length: 0\r\n\r\n");
+    let (done, n) = allocations_in(|| match engine.begin(response.as_bytes(), core, &mut out) {
+        Begin::Done(done) => done,
+        Begin::NeedToken(_) => panic!("responses need no token"),
+    });
+    assert_eq!(
+        done,
+        Done::Forwarded(sipward::forward::Dest::Flow(sipward::forward::Flow::Udp(
+            src
+        )))
+    );
+    assert_eq!(n, 0, "relaying the response allocated {n} times");
 }

@@ -1,7 +1,10 @@
 //! `bare-responder`: the packet-rate ceiling of a setup. One thread, one UDP socket: `recvmmsg` a
 //! batch, answer each datagram with a minimal `SIP/2.0 200 OK` that carries the request's Call-ID
 //! line (all `register` needs to match it) and `Content-Length: 0`, `sendmmsg` the batch back to the
-//! sources. No SIP parsing beyond finding that one line, no token, no state.
+//! sources. No SIP parsing beyond finding that one line, no token, no state. With `--echo-headers`
+//! the response also carries the request's Via, From, To and CSeq lines, as a SIP core behind a
+//! proxy answers (sipward's forward mode drops a response whose top Via is not its own; Kamailio
+//! drops a reply without From, To and CSeq).
 //!
 //! The loop drains the socket with non-blocking `recvmmsg` and sleeps in `poll` only when it is
 //! empty, so under load it costs two system calls per batch, as a real server's best case would.
@@ -18,9 +21,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BATCH: usize = 64;
 /// Requests larger than this are cut off (MSG_TRUNC) and dropped, as a server would.
 const RECV_BUF: usize = 4096;
-/// `SIP/2.0 200 OK\r\n` + Call-ID line + `\r\nContent-Length: 0\r\n\r\n`; a longer Call-ID line is
-/// dropped rather than answered with a truncated one.
-const SEND_BUF: usize = 512;
+/// `SIP/2.0 200 OK\r\n` + (echoed lines) + Call-ID line + `\r\nContent-Length: 0\r\n\r\n`; a
+/// longer answer is dropped rather than sent truncated.
+const SEND_BUF: usize = 1024;
 const STATUS_LINE: &[u8] = b"SIP/2.0 200 OK\r\n";
 const TAIL: &[u8] = b"\r\nContent-Length: 0\r\n\r\n";
 
@@ -28,6 +31,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// SO_RCVBUF and SO_SNDBUF asked for (capped by net.core.rmem_max / wmem_max).
     pub buffer: usize,
+    /// Copy the request's Via, From, To and CSeq lines into the response.
+    pub echo_headers: bool,
 }
 
 #[derive(Debug, Default)]
@@ -90,19 +95,47 @@ pub fn call_id_line(msg: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Writes the response to `req` into `out`; its length, or `None` when `req` has no usable Call-ID.
-pub fn respond(req: &[u8], out: &mut [u8; SEND_BUF]) -> Option<usize> {
+/// The Via, From, To and CSeq header lines of a request, in order, without their line endings.
+fn echoed_lines(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let start = msg
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(msg.len(), |p| p + 1);
+    msg[start..]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .take_while(|l| !l.is_empty())
+        .filter(|l| {
+            l.iter().position(|&b| b == b':').is_some_and(|colon| {
+                let name = l[..colon].trim_ascii();
+                [&b"via"[..], b"v", b"from", b"f", b"to", b"t", b"cseq"]
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n))
+            })
+        })
+}
+
+/// Writes the response to `req` into `out`: its length, or `None` when `req` has no usable Call-ID
+/// or the answer would not fit. The request's Via, From, To and CSeq lines are copied when
+/// `echo_headers` is set.
+pub fn respond_with(req: &[u8], out: &mut [u8; SEND_BUF], echo_headers: bool) -> Option<usize> {
     let line = call_id_line(req)?;
-    let len = STATUS_LINE.len() + line.len() + TAIL.len();
-    if len > SEND_BUF {
-        return None;
-    }
     let mut at = 0;
-    for part in [STATUS_LINE, line, TAIL] {
-        out[at..at + part.len()].copy_from_slice(part);
+    let mut put = |part: &[u8]| -> Option<()> {
+        out.get_mut(at..at + part.len())?.copy_from_slice(part);
         at += part.len();
+        Some(())
+    };
+    put(STATUS_LINE)?;
+    if echo_headers {
+        for echoed in echoed_lines(req) {
+            put(echoed)?;
+            put(b"\r\n")?;
+        }
     }
-    Some(len)
+    put(line)?;
+    put(TAIL)?;
+    Some(at)
 }
 
 struct Batch {
@@ -173,7 +206,7 @@ impl Batch {
     }
 
     /// Builds the answers to the `n` datagrams just received; returns how many there are to send.
-    fn build(&mut self, n: usize, st: &mut Stats) -> usize {
+    fn build(&mut self, n: usize, st: &mut Stats, echo_headers: bool) -> usize {
         self.send_iov.clear();
         let mut k = 0;
         for i in 0..n {
@@ -183,7 +216,7 @@ impl Batch {
             let answer = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 None
             } else {
-                respond(req, &mut self.send_buf[i])
+                respond_with(req, &mut self.send_buf[i], echo_headers)
             };
             let Some(len) = answer else {
                 st.dropped += 1;
@@ -283,7 +316,7 @@ pub fn run(cfg: Config) -> anyhow::Result<Stats> {
         };
         st.recv_calls += 1;
         st.received += n as u64;
-        let k = b.build(n, &mut st);
+        let k = b.build(n, &mut st, cfg.echo_headers);
         let mut done = 0;
         let mut stalls = 0;
         while done < k {
@@ -331,7 +364,7 @@ mod tests {
             b"tok",
         );
         let mut out = [0u8; SEND_BUF];
-        let n = respond(&req, &mut out).unwrap();
+        let n = respond_with(&req, &mut out, false).unwrap();
         let r = sip::parse_response(&out[..n]).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(sip::parse_call_id(r.call_id), Some((7, 9)));
@@ -345,7 +378,33 @@ mod tests {
             &Who::new("bob", None, "example.org"),
             b"another-token",
         );
-        assert_eq!(respond(&req2, &mut [0u8; SEND_BUF]), Some(n));
+        assert_eq!(respond_with(&req2, &mut [0u8; SEND_BUF], false), Some(n));
+    }
+
+    #[test]
+    fn echoes_the_transaction_headers_when_asked() {
+        let req = b"REGISTER sip:h SIP/2.0\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bKa\r\nv: SIP/2.0/UDP b;branch=z9hG4bKb\r\n\
+Call-ID: c1\r\nFrom: <sip:a@h>;tag=1\r\nContact: <sip:a@x>\r\nTo: <sip:a@h>\r\nCSeq: 1 REGISTER\r\n\
+Via: SIP/2.0/UDP c\r\n\r\nVia: body";
+        let mut out = [0u8; SEND_BUF];
+        let n = respond_with(req, &mut out, true).unwrap();
+        assert_eq!(
+            &out[..n],
+            &b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bKa\r\nv: SIP/2.0/UDP b;branch=z9hG4bKb\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:a@h>\r\nCSeq: 1 REGISTER\r\nVia: SIP/2.0/UDP c\r\nCall-ID: c1\r\n\
+Content-Length: 0\r\n\r\n"[..]
+        );
+        let n = respond_with(req, &mut out, false).unwrap();
+        assert_eq!(
+            &out[..n],
+            &b"SIP/2.0 200 OK\r\nCall-ID: c1\r\nContent-Length: 0\r\n\r\n"[..]
+        );
+        // Too long for the send buffer: dropped, not cut.
+        let long = format!(
+            "OPTIONS sip:h SIP/2.0\r\nVia: {}\r\nCall-ID: c\r\n\r\n",
+            "x".repeat(1100)
+        );
+        assert_eq!(respond_with(long.as_bytes(), &mut out, true), None);
     }
 
     #[test]
@@ -368,7 +427,13 @@ mod tests {
             None
         );
         assert_eq!(call_id_line(b"Call-ID: a"), None);
-        let long = format!("X sip:x SIP/2.0\r\nCall-ID: {}\r\n\r\n", "a".repeat(600));
-        assert_eq!(respond(long.as_bytes(), &mut [0u8; SEND_BUF]), None);
+        let long = format!(
+            "X sip:x SIP/2.0\r\nCall-ID: {}\r\n\r\n",
+            "a".repeat(SEND_BUF)
+        );
+        assert_eq!(
+            respond_with(long.as_bytes(), &mut [0u8; SEND_BUF], false),
+            None
+        );
     }
 }

@@ -193,6 +193,10 @@ struct BareArgs {
     /// SO_RCVBUF and SO_SNDBUF to ask for, in bytes (capped by net.core.rmem_max / wmem_max).
     #[arg(long, default_value_t = 4 << 20)]
     buffer: usize,
+    /// Copy each request's Via, From, To and CSeq lines into its response, as a SIP core behind
+    /// a proxy answers.
+    #[arg(long)]
+    echo_headers: bool,
 }
 
 fn register(a: RegisterArgs) -> anyhow::Result<()> {
@@ -307,6 +311,7 @@ fn main() -> ExitCode {
         Command::BareResponder(a) => bare::run(bare::Config {
             listen: a.listen,
             buffer: a.buffer,
+            echo_headers: a.echo_headers,
         })
         .map(drop),
     };

@@ -115,7 +115,7 @@ pub fn render(state: &State) -> String {
     }
     reg.register(
         "messages_dropped",
-        "Messages dropped without a response, by reason (overloaded: answered 503 instead of waiting)",
+        "Messages dropped without a response, by reason (overloaded: answered 503 instead of waiting; not_our_via, unroutable: forward mode)",
         dropped,
     );
 
@@ -159,6 +159,11 @@ pub fn render(state: &State) -> String {
         "token_source_in_flight",
         "Requests to the token source in flight now (one per distinct token)",
         gauge(tokens.in_flight() as u64),
+    );
+    reg.register(
+        "messages_relayed",
+        "Forward mode: messages relayed (requests to the core, its responses and requests to clients)",
+        counter(sum(stats, |s| s.relayed.load(Ordering::Relaxed))),
     );
     reg.register(
         "tcp_connections_open",

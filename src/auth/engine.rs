@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 
 use siphasher::sip::SipHasher13;
 
+use crate::forward::{Dest, Flow, Forwarder, Refusal, Relay};
+use crate::sip::addr::Aor;
 use crate::sip::reply::{finish_response, put_register_contacts, start_response_with_tag, ToState};
 use crate::sip::scan::Problem;
 use crate::sip::{scan, HeaderKind, Message, Method, Parties, ScanError};
@@ -44,6 +46,10 @@ pub enum DropReason {
     NoVia,
     /// A malformed ACK: ACKs are never answered.
     BadAck,
+    /// Forward mode: a response whose top Via is not sipward's.
+    NotOurVia,
+    /// Forward mode: a message whose destination cannot be told, or an ACK that cannot go on.
+    Unroutable,
 }
 
 impl DropReason {
@@ -53,6 +59,8 @@ impl DropReason {
             DropReason::UnexpectedResponse => "unexpected_response",
             DropReason::NoVia => "no_via",
             DropReason::BadAck => "bad_ack",
+            DropReason::NotOurVia => "not_our_via",
+            DropReason::Unroutable => "unroutable",
         }
     }
 }
@@ -67,6 +75,8 @@ pub enum Done {
     },
     /// Nothing to send, by design (ACK).
     Silent,
+    /// Forward mode: the relayed message is in the output buffer, to go to this destination.
+    Forwarded(Dest),
     Dropped(DropReason),
 }
 
@@ -105,6 +115,8 @@ pub struct Engine {
     tag_key: (u64, u64),
     /// `[respond] contact`, for the Contact of a 2xx to INVITE; `None` names the Request-URI.
     contact: Option<Box<[u8]>>,
+    /// `[forward]`: requests that pass are relayed by this instead of answered.
+    forward: Option<Forwarder>,
 }
 
 impl Engine {
@@ -116,7 +128,19 @@ impl Engine {
             respond_status,
             tag_key,
             contact: None,
+            forward: None,
         }
+    }
+
+    /// Switches to forward mode: what passes is relayed, what fails is answered as in respond mode.
+    pub fn with_forward(mut self, forward: Option<Forwarder>) -> Engine {
+        self.forward = forward;
+        self
+    }
+
+    /// The forward-mode settings, if the engine relays.
+    pub fn forwarder(&self) -> Option<&Forwarder> {
+        self.forward.as_ref()
     }
 
     /// Sets the URI a 2xx to INVITE gives as its Contact (RFC 3261 13.3.1.4 requires one; in-dialog
@@ -128,11 +152,17 @@ impl Engine {
 
     /// First half: everything that needs no token.
     pub fn begin<'a>(&self, bytes: &'a [u8], source: SocketAddr, out: &mut Vec<u8>) -> Begin<'a> {
+        self.begin_on(bytes, Flow::Udp(source), out)
+    }
+
+    /// [`Engine::begin`] for a message that arrived on `arrival` (forward mode names the flow in
+    /// what it relays; respond mode only uses its address).
+    pub fn begin_on<'a>(&self, bytes: &'a [u8], arrival: Flow, out: &mut Vec<u8>) -> Begin<'a> {
         // The message is looked at where `scan` left it and moved once, into the `Pending`: it is
         // over a kilobyte, and each move is a copy.
         let scanned = scan(bytes);
         let (parties, token) = match &scanned {
-            Ok(msg) => match self.decide(msg, source, out) {
+            Ok(msg) => match self.decide(msg, arrival, out) {
                 Ok(needed) => needed,
                 Err(done) => return Begin::Done(done),
             },
@@ -153,14 +183,33 @@ impl Engine {
     fn decide<'a>(
         &self,
         msg: &Message<'a>,
-        source: SocketAddr,
+        arrival: Flow,
         out: &mut Vec<u8>,
     ) -> Result<(Parties<'a>, &'a str), Done> {
+        let source = arrival.peer();
         if !msg.is_request() {
-            return Err(Done::Dropped(DropReason::UnexpectedResponse));
+            return Err(match &self.forward {
+                Some(fwd) => forwarded(fwd.relay_response(msg, out).and_then(|dest| {
+                    // A client answers only the core's requests: its responses go to the core,
+                    // never to an address a forged Via names.
+                    if fwd.is_trusted(source) || fwd.leads_to_core(dest) {
+                        Ok(dest)
+                    } else {
+                        Err(Refusal::Unroutable)
+                    }
+                })),
+                None => Done::Dropped(DropReason::UnexpectedResponse),
+            });
         }
         if !msg.top_via().is_some_and(usable_via) {
             return Err(Done::Dropped(DropReason::NoVia));
+        }
+        if let Some(fwd) = self.forward.as_ref().filter(|f| f.is_trusted(source)) {
+            // The core's requests are never authenticated: they go where their Route says.
+            return Err(match fwd.relay_from_core(msg, out) {
+                Err(Refusal::Reply(p)) => self.reply_problem(msg, source, p, out),
+                other => forwarded(other),
+            });
         }
         let parties = match msg.check_request() {
             Ok(parties) => parties,
@@ -173,6 +222,19 @@ impl Engine {
         };
         let to = ToState::from(&parties);
         Err(match assess_checked(&self.policy, msg, &parties) {
+            // The ACK of a final response sipward itself sent (a challenge) ends there: the core
+            // never saw its INVITE. Such an ACK bears the To tag sipward derived for it.
+            Need::NoResponse
+                if self.forward.is_some()
+                    && crate::sip::addr::param(parties.to.params, b"tag")
+                        .flatten()
+                        .is_some_and(|tag| tag == self.to_tag(msg)) =>
+            {
+                Done::Silent
+            }
+            Need::NoResponse | Need::Pass if self.forward.is_some() => {
+                self.relay(msg, arrival, None, out)
+            }
             Need::NoResponse => Done::Silent,
             Need::Pass => self.reply_pass(msg, to, source, None, out),
             Need::Challenge => self.reply_outcome(msg, to, source, Outcome::NoCredentials, out),
@@ -192,6 +254,19 @@ impl Engine {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Done {
+        self.finish_on(p, Flow::Udp(source), lookup, now, out)
+    }
+
+    /// [`Engine::finish`] for a request that arrived on `arrival`.
+    pub fn finish_on(
+        &self,
+        p: &Pending<'_>,
+        arrival: Flow,
+        lookup: Lookup<'_>,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Done {
+        let source = arrival.peer();
         let party = match p.msg.method() {
             Some(Method::Register) => &p.parties.to,
             _ => &p.parties.from,
@@ -199,6 +274,9 @@ impl Engine {
         let outcome = judge(&self.policy, lookup, &party.aor(), now);
         let to = ToState::from(&p.parties);
         match outcome {
+            Outcome::Accept if self.forward.is_some() => {
+                self.relay(&p.msg, arrival, Some(party.aor()), out)
+            }
             Outcome::Accept => self.reply_pass(&p.msg, to, source, Some(outcome), out),
             _ => self.reply_outcome(&p.msg, to, source, outcome, out),
         }
@@ -246,6 +324,55 @@ impl Engine {
                 self.reply_problem(&msg, source, Problem { code: 400, reason }, out)
             }
             Ok(_) => Done::Dropped(DropReason::NoVia),
+            Err(e) => Done::Dropped(DropReason::Unparseable(e)),
+        }
+    }
+
+    /// Forward mode: relays a client's request that passed, or answers why it cannot go on.
+    fn relay(
+        &self,
+        msg: &Message<'_>,
+        arrival: Flow,
+        identity: Option<Aor<'_>>,
+        out: &mut Vec<u8>,
+    ) -> Done {
+        let Some(fwd) = &self.forward else {
+            return Done::Dropped(DropReason::Unroutable);
+        };
+        match fwd.relay_from_client(msg, Relay { arrival, identity }, out) {
+            Err(Refusal::Reply(_)) if msg.method() == Some(Method::Ack) => Done::Silent,
+            Err(Refusal::Reply(p)) => self.reply_problem(msg, arrival.peer(), p, out),
+            other => forwarded(other),
+        }
+    }
+
+    /// Forward mode: the 430 Flow Failed (RFC 5626 5.3) for a request relayed toward a client flow
+    /// that closed, with sipward's Via already popped, to go back where the request came from.
+    /// Anything but such a request (an ACK, a response) is dropped.
+    pub fn flow_failed(&self, relayed: &[u8], out: &mut Vec<u8>) -> Done {
+        let Some(fwd) = &self.forward else {
+            return Done::Dropped(DropReason::Unroutable);
+        };
+        let msg = match scan(relayed) {
+            Ok(msg) if msg.is_request() && msg.method() != Some(Method::Ack) => msg,
+            Ok(_) => return Done::Dropped(DropReason::Unroutable),
+            Err(e) => return Done::Dropped(DropReason::Unparseable(e)),
+        };
+        // The response is written as to the relayed request, whose top Via is sipward's; the
+        // received/rport this adds to it go with it when it is popped.
+        let mut response = Vec::with_capacity(512);
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        self.reply_problem(
+            &msg,
+            unspecified,
+            Problem {
+                code: 430,
+                reason: "Flow Failed",
+            },
+            &mut response,
+        );
+        match scan(&response) {
+            Ok(resp) => forwarded(fwd.relay_response(&resp, out)),
             Err(e) => Done::Dropped(DropReason::Unparseable(e)),
         }
     }
@@ -420,6 +547,15 @@ impl Engine {
             }
         }
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The end of a relay that needs no response written here.
+fn forwarded(r: Result<Dest, Refusal>) -> Done {
+    match r {
+        Ok(dest) => Done::Forwarded(dest),
+        Err(Refusal::NotOurVia) => Done::Dropped(DropReason::NotOurVia),
+        Err(Refusal::Unroutable | Refusal::Reply(_)) => Done::Dropped(DropReason::Unroutable),
     }
 }
 

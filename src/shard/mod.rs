@@ -13,6 +13,7 @@
 
 pub mod driver;
 pub mod process;
+pub mod relay;
 pub mod reload;
 pub mod stats;
 pub mod tcp;
@@ -64,7 +65,7 @@ impl Shared {
     pub fn from_config(cfg: &Config) -> Result<Shared, ConfigError> {
         let tag_key = crate::token::random_keys();
         let mut shared = Shared {
-            engine: ArcSwap::from_pointee(reload::engine(cfg, tag_key)),
+            engine: ArcSwap::from_pointee(reload::engine(cfg, tag_key, cfg.forward.as_ref())),
             tokens: TokenService::new(None, &cfg.cache, TokenHasher::random()),
             server: cfg.server.clone(),
             source_metrics: SourceMetrics::default(),
@@ -192,7 +193,10 @@ impl Server {
         let mut stats = Vec::new();
         let mut stop = Vec::new();
         let listening = Arc::new(AtomicUsize::new(0));
-        for (id, socks) in sockets.into_iter().enumerate() {
+        let (lanes, lane_rxs) = relay::Lanes::new(sockets.len());
+        let lanes = Arc::new(lanes);
+        for ((id, socks), lane_rx) in sockets.into_iter().enumerate().zip(lane_rxs) {
+            let lanes = lanes.clone();
             let shard_stats = Arc::new(ShardStats::default());
             stats.push(shard_stats.clone());
             let shared = shared.clone();
@@ -215,19 +219,32 @@ impl Server {
                         pending: Default::default(),
                         tcp_conns: Default::default(),
                         stop,
+                        relay: relay::RelayState::new(lanes),
                     });
                     let result = match driver {
                         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                             .enable_timer()
                             .build()
                             .map(|mut rt| {
-                                rt.block_on(shard_main(ctx, socks, ready.clone(), live.clone()))
+                                rt.block_on(shard_main(
+                                    ctx,
+                                    socks,
+                                    lane_rx,
+                                    ready.clone(),
+                                    live.clone(),
+                                ))
                             }),
                         Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                             .enable_timer()
                             .build()
                             .map(|mut rt| {
-                                rt.block_on(shard_main(ctx, socks, ready.clone(), live.clone()))
+                                rt.block_on(shard_main(
+                                    ctx,
+                                    socks,
+                                    lane_rx,
+                                    ready.clone(),
+                                    live.clone(),
+                                ))
                             }),
                     };
                     if let Err(e) = result {
@@ -277,10 +294,14 @@ impl Server {
 async fn shard_main(
     ctx: Rc<ShardCtx>,
     socks: ShardSockets,
+    lane: tokio::sync::mpsc::Receiver<relay::Handoff>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     listening: Arc<AtomicUsize>,
 ) {
     let mut tasks = Vec::new();
+    if ctx.shared.engine.load().forwarder().is_some() {
+        tasks.push(monoio::spawn(relay::serve_lane(ctx.clone(), lane)));
+    }
     for s in socks.udp {
         match monoio::net::udp::UdpSocket::from_std(s) {
             Ok(sock) => tasks.push(monoio::spawn(udp::serve(sock, ctx.clone()))),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::stats::{bump, method_index, outcome_index, ShardStats, SILENT};
 use super::Shared;
 use crate::auth::{Begin, Done, Lookup, Outcome, SourceError};
+use crate::forward::{Dest, Flow};
 use crate::token::{unix_now, Unresolved};
 
 /// Requests a shard lets wait for the token source at once; past that they are answered as if the
@@ -26,6 +27,8 @@ pub struct ShardCtx {
     pub tcp_conns: Cell<usize>,
     /// Becomes true when the server stops: loops stop taking new messages (see [`super::Server`]).
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Forward mode's sockets, flows and lanes.
+    pub relay: super::relay::RelayState,
 }
 
 /// Where a deferred response goes.
@@ -47,10 +50,11 @@ impl ReplyTo {
     }
 }
 
-/// Whether `out` holds a response to send now.
+/// Whether `out` holds a response to send now, or a relayed message to send to `Dest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
     Reply,
+    Forward(Dest),
     Nothing,
 }
 
@@ -69,6 +73,10 @@ fn record(stats: &ShardStats, done: Done, data: &[u8], src: SocketAddr) -> Handl
             bump(&stats.silent);
             stats.request(method_index(data), SILENT);
             Handled::Nothing
+        }
+        Done::Forwarded(dest) => {
+            bump(&stats.relayed);
+            Handled::Forward(dest)
         }
         Done::Dropped(why) => {
             stats.dropped(why);
@@ -113,22 +121,34 @@ pub fn process(
     out: &mut Vec<u8>,
     reply_to: impl FnOnce() -> ReplyTo,
 ) -> Handled {
+    process_on(ctx, data, Flow::Udp(src), out, reply_to)
+}
+
+/// [`process`] for a message that arrived on `arrival` (a TCP connection names itself).
+pub fn process_on(
+    ctx: &Rc<ShardCtx>,
+    data: &[u8],
+    arrival: Flow,
+    out: &mut Vec<u8>,
+    reply_to: impl FnOnce() -> ReplyTo,
+) -> Handled {
     bump(&ctx.stats.received);
     // One load per message: a reload swaps the engine between messages, never during one.
     let engine = ctx.shared.engine.load();
-    let pending = match engine.begin(data, src, out) {
+    let src = arrival.peer();
+    let pending = match engine.begin_on(data, arrival, out) {
         Begin::Done(done) => return record(&ctx.stats, done, data, src),
         Begin::NeedToken(p) => p,
     };
     let tokens = &ctx.shared.tokens;
     let now = unix_now();
     if !tokens.has_source() {
-        let done = engine.finish(&pending, src, Lookup::NoSource, now, out);
+        let done = engine.finish_on(&pending, arrival, Lookup::NoSource, now, out);
         return record(&ctx.stats, done, data, src);
     }
     let key = tokens.key(pending.token);
     let hit = tokens.with_cached(key, now, |facts| {
-        engine.finish(&pending, src, Lookup::Found(facts), now, out)
+        engine.finish_on(&pending, arrival, Lookup::Found(facts), now, out)
     });
     if let Some(done) = hit {
         bump(&ctx.stats.cache_hits);
@@ -137,9 +157,9 @@ pub fn process(
     bump(&ctx.stats.cache_misses);
     if ctx.pending.get() >= MAX_PENDING_PER_SHARD {
         bump(&ctx.stats.dropped_overloaded);
-        let done = engine.finish(
+        let done = engine.finish_on(
             &pending,
-            src,
+            arrival,
             Lookup::Failed(SourceError::Overloaded),
             now,
             out,
@@ -154,12 +174,14 @@ pub fn process(
     bump(&ctx.stats.token_lookups);
     monoio::spawn(async move {
         let mut out = Vec::with_capacity(1024);
-        let done = match engine_again(&ctx, &copy, src, &mut out).await {
+        let done = match engine_again(&ctx, &copy, arrival, &mut out).await {
             Some(done) => done,
             None => Done::Silent,
         };
-        if record(&ctx.stats, done, &copy, src) == Handled::Reply {
-            reply_to.send(out).await;
+        match record(&ctx.stats, done, &copy, src) {
+            Handled::Reply => reply_to.send(out).await,
+            Handled::Forward(dest) => super::relay::deliver(&ctx, dest, out).await,
+            Handled::Nothing => {}
         }
         // Counted down only once the response is out: a stopping shard waits for this to reach 0.
         ctx.pending.set(ctx.pending.get() - 1);
@@ -170,13 +192,13 @@ pub fn process(
 async fn engine_again(
     ctx: &ShardCtx,
     data: &[u8],
-    src: SocketAddr,
+    arrival: Flow,
     out: &mut Vec<u8>,
 ) -> Option<Done> {
     // The engine may have been reloaded since the first pass: its answer stands either way. Held
     // as an Arc across the wait, not as a guard, so the shard's few guard slots stay free.
     let engine = ctx.shared.engine.load_full();
-    let p = match engine.begin(data, src, out) {
+    let p = match engine.begin_on(data, arrival, out) {
         Begin::NeedToken(p) => p,
         Begin::Done(done) => return Some(done),
     };
@@ -186,11 +208,11 @@ async fn engine_again(
     let result = tokens.resolve(p.token, key, now).await;
     let now = unix_now();
     Some(match result {
-        Ok(facts) => engine.finish(&p, src, Lookup::Found(&facts), now, out),
-        Err(Unresolved::NoSource) => engine.finish(&p, src, Lookup::NoSource, now, out),
+        Ok(facts) => engine.finish_on(&p, arrival, Lookup::Found(&facts), now, out),
+        Err(Unresolved::NoSource) => engine.finish_on(&p, arrival, Lookup::NoSource, now, out),
         Err(Unresolved::Failed(e)) => {
             tracing::debug!(error = %e, "token source failed");
-            engine.finish(&p, src, Lookup::Failed(e), now, out)
+            engine.finish_on(&p, arrival, Lookup::Failed(e), now, out)
         }
     })
 }

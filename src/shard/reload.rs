@@ -12,9 +12,16 @@ use crate::token::http::RemoteSource;
 use crate::token::{StaticTokens, TokenSource};
 
 /// The engine for `cfg`, keyed by `tag_key`.
-pub(super) fn engine(cfg: &Config, tag_key: (u64, u64)) -> Engine {
+/// The engine `cfg` describes, relaying to `forward` when set. The key derives To tags and relay
+/// branches: kept for the process's life, so a retransmission maps to the same values after a reload.
+pub(super) fn engine(
+    cfg: &Config,
+    tag_key: (u64, u64),
+    forward: Option<&crate::forward::ForwardConfig>,
+) -> Engine {
     Engine::new(cfg.policy.clone(), cfg.respond_status, tag_key)
         .with_contact(cfg.respond_contact.as_deref())
+        .with_forward(forward.map(|f| crate::forward::Forwarder::new(f, tag_key)))
 }
 
 impl Shared {
@@ -46,7 +53,9 @@ impl Shared {
     /// Returns the keys that changed but need a restart.
     pub fn reload(&self, running: &Config, new: &Config) -> Result<Vec<&'static str>, ConfigError> {
         let source = self.source(&new.source)?;
-        let engine = engine(new, self.tag_key);
+        // Forward mode keeps the running `[forward]`: its sockets, lanes and flows were set up at
+        // start (a change is reported as needing a restart).
+        let engine = engine(new, self.tag_key, running.forward.as_ref());
         self.tokens.reconfigure(source, &new.cache);
         self.engine.store(Arc::new(engine));
         Ok(needs_restart(running, new))
@@ -86,6 +95,7 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
             running.cache.max_entries != new.cache.max_entries,
         ),
         ("admin.listen", running.admin != new.admin),
+        ("forward", running.forward != new.forward),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))

@@ -49,13 +49,15 @@ pub const OUTCOMES: [&str; 15] = [
 ];
 
 /// Drop reason labels, in the order of [`ShardStats::dropped_by_reason`].
-pub const DROP_REASONS: [&str; 6] = [
+pub const DROP_REASONS: [&str; 8] = [
     "unparseable",
     "unexpected_response",
     "no_via",
     "bad_ack",
     "oversize",
     "overloaded",
+    "not_our_via",
+    "unroutable",
 ];
 
 /// Response codes counted one by one: 100 to 699.
@@ -71,6 +73,12 @@ pub struct ShardStats {
     pub dropped_bad_ack: AtomicU64,
     pub dropped_oversize: AtomicU64,
     pub dropped_overloaded: AtomicU64,
+    /// Forward mode: responses whose top Via is not sipward's.
+    pub dropped_not_our_via: AtomicU64,
+    /// Forward mode: messages with no usable destination (bad Via, forged or closed flow).
+    pub dropped_unroutable: AtomicU64,
+    /// Forward mode: messages relayed.
+    pub relayed: AtomicU64,
     /// A gauge: connections open on this shard now.
     pub tcp_open: AtomicU64,
     pub tcp_refused: AtomicU64,
@@ -95,6 +103,9 @@ impl Default for ShardStats {
             dropped_bad_ack: AtomicU64::new(0),
             dropped_oversize: AtomicU64::new(0),
             dropped_overloaded: AtomicU64::new(0),
+            dropped_not_our_via: AtomicU64::new(0),
+            dropped_unroutable: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
             tcp_open: AtomicU64::new(0),
             tcp_refused: AtomicU64::new(0),
             token_lookups: AtomicU64::new(0),
@@ -163,6 +174,8 @@ impl ShardStats {
             DropReason::UnexpectedResponse => &self.dropped_response,
             DropReason::NoVia => &self.dropped_no_via,
             DropReason::BadAck => &self.dropped_bad_ack,
+            DropReason::NotOurVia => &self.dropped_not_our_via,
+            DropReason::Unroutable => &self.dropped_unroutable,
         });
     }
 
@@ -211,6 +224,8 @@ impl ShardStats {
             &self.dropped_bad_ack,
             &self.dropped_oversize,
             &self.dropped_overloaded,
+            &self.dropped_not_our_via,
+            &self.dropped_unroutable,
         ]
         .map(|c| c.load(Ordering::Relaxed))
     }

@@ -14,9 +14,10 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-use super::process::{process, Handled, ReplyTo, ShardCtx};
+use super::process::{process_on, Handled, ReplyTo, ShardCtx};
 use super::stats::bump;
 use crate::auth::Done;
+use crate::forward::Flow;
 use crate::sip::framing::{next_frame, Frame};
 
 /// Out of descriptors, every shard's accept fails every 50 ms: one warning per 10 s is enough.
@@ -48,7 +49,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
                 bump(&ctx.stats.tcp_open);
                 let ctx = ctx.clone();
                 monoio::spawn(async move {
-                    connection(stream, peer, &ctx).await;
+                    connection(stream, peer, &ctx, None).await;
                     ctx.tcp_conns.set(ctx.tcp_conns.get() - 1);
                     let open = &ctx.stats.tcp_open;
                     open.store(
@@ -68,7 +69,14 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ShardCtx>) {
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
+/// Serves one connection until it closes. `opened` learns the connection's number in forward mode's
+/// flow table (the upstream connection sipward opens itself is found that way).
+pub(super) async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Rc<ShardCtx>,
+    opened: Option<local_sync::oneshot::Sender<u64>>,
+) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let (mut rd, mut wr) = stream.into_split();
@@ -85,6 +93,22 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
         }
     });
 
+    // Forward mode names this connection in flow tokens, so that the core's messages reach it.
+    let forwarding = ctx.shared.engine.load().forwarder().is_some();
+    let conn = if forwarding {
+        ctx.relay.open(peer, tx.clone())
+    } else {
+        0
+    };
+    if let Some(opened) = opened {
+        let _ = opened.send(conn);
+    }
+    let arrival = Flow::Tcp {
+        shard: u16::try_from(ctx.id).unwrap_or(u16::MAX),
+        conn,
+        peer,
+    };
+    let mut relayed = Vec::new();
     let max = ctx.shared.server.max_message_size;
     let idle = Duration::from_secs(ctx.shared.server.tcp_idle_timeout_s);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -106,10 +130,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                 Frame::Message(n) => {
                     let msg = &buf[pos..pos + n];
                     pos += n;
-                    if process(ctx, msg, peer, &mut out, || ReplyTo::Tcp(tx.clone()))
-                        == Handled::Reply
-                    {
-                        batch.extend_from_slice(&out);
+                    match process_on(ctx, msg, arrival, &mut out, || ReplyTo::Tcp(tx.clone())) {
+                        Handled::Reply => batch.extend_from_slice(&out),
+                        Handled::Forward(dest) => relayed.push((dest, out.clone())),
+                        Handled::Nothing => {}
                     }
                 }
                 Frame::TooLarge => {
@@ -139,6 +163,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
                     break;
                 }
             }
+        }
+        for (dest, bytes) in relayed.drain(..) {
+            super::relay::deliver(ctx, dest, bytes).await;
         }
         if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
             break 'conn;
@@ -170,6 +197,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: &Rc<ShardCtx>) {
             }
         }
     }
+    if forwarding {
+        ctx.relay.close(conn);
+    }
     drop(tx);
     // The writer ends once every queued and deferred response is written.
     writer.await;
@@ -187,7 +217,8 @@ fn framing_reply(ctx: &ShardCtx, done: Done, out: &[u8], batch: &mut Vec<u8>) {
             bump(&ctx.stats.replied);
             batch.extend_from_slice(out);
         }
-        Done::Silent => {}
+        // Framing errors are answered, never relayed.
+        Done::Silent | Done::Forwarded(_) => {}
         Done::Dropped(why) => ctx.stats.dropped(why),
     }
 }

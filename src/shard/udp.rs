@@ -38,6 +38,8 @@ const OUT_CAPACITY: usize = 2048;
 
 pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
     let sock = Rc::new(sock);
+    // Forward mode relays through the shard's first UDP socket, whatever received the message.
+    let _ = ctx.relay.udp.set(sock.clone());
     let fd = sock.as_raw_fd();
     let max = ctx.shared.server.max_message_size;
     // One byte more than the cap: a datagram that fills it was larger than allowed.
@@ -109,8 +111,18 @@ fn take(
     let handled = process(ctx, data, src, tx.next_out(), || {
         ReplyTo::Udp(sock.clone(), src)
     });
-    if handled == Handled::Reply {
-        tx.queue(src);
+    match handled {
+        Handled::Reply => tx.queue(src),
+        Handled::Forward(dest) => match super::relay::udp_target(ctx, dest) {
+            Some(to) => tx.queue(to),
+            None => {
+                // A client's TCP flow: its connection's writer (maybe on another shard) sends it.
+                let bytes = tx.next_out().clone();
+                let ctx = ctx.clone();
+                monoio::spawn(async move { super::relay::deliver(&ctx, dest, bytes).await });
+            }
+        },
+        Handled::Nothing => {}
     }
 }
 

@@ -18,6 +18,8 @@
 #        sipward on SIPWARD_PORT + 2 pointing at it.
 #        FORWARD (1): also forward mode, cached tokens, UDP: sipward (+1) relaying to a bare responder
 #        that echoes the request's headers (+21), beside Kamailio doing the same (kamailio-forward.cfg.in, +12).
+#        FWD_UPSTREAM_CPU (LOAD_CPU): where that responder runs. It stands for a core on another
+#        host; on the server's CPU it would take that core's time from the system under test.
 #
 # Everything listens on 127.0.0.1 only; every load run is bounded (warm-up + duration + 2 s timeout,
 # and a `timeout` around it); every process the script starts is stopped on exit.
@@ -41,6 +43,7 @@ SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SIPWARD_IO=${SIPWARD_IO:-auto}
 SLOW_AS_MS=${SLOW_AS_MS:-20}
 FORWARD=${FORWARD:-1}
+FWD_UPSTREAM_CPU=${FWD_UPSTREAM_CPU:-$LOAD_CPU}
 
 SIPWARD_PORT=$PORT_BASE
 KAM_UDP_PORT=$((PORT_BASE + 10))
@@ -281,11 +284,11 @@ start_kamailio() {
     fi
 }
 
-# $1: port, $2: log name, rest: more bare-responder arguments
+# $1: port, $2: log name, $3: CPU, rest: more bare-responder arguments
 start_bare() {
-    local port=${1:-$BARE_PORT} name=${2:-bare}
-    shift 2 || true
-    local c="taskset -c $SERVER_CPU $LOAD bare-responder --listen 127.0.0.1:$port $*"
+    local port=$1 name=$2 cpu=$3
+    shift 3
+    local c="taskset -c $cpu $LOAD bare-responder --listen 127.0.0.1:$port $*"
     record "$c"
     $c 2> "$work/$name.log" &
     pids+=("$!")
@@ -334,14 +337,14 @@ udp_socket_stats() {
 
 start_mock_as "$AS_PORT" mock-as
 start_sipward sipward.toml sipward
-start_bare "$BARE_PORT" bare
+start_bare "$BARE_PORT" bare "$SERVER_CPU"
 kam_udp=0 kam_tcp=0 kam_fwd=0
 if [ -z "$kam_note" ]; then
     if start_kamailio udp; then kam_udp=1; else kam_note="Kamailio UDP did not start (see its log)."; fi
     if start_kamailio tcp; then kam_tcp=1; else kam_note="$kam_note Kamailio TCP did not start (see its log)."; fi
 fi
 if [ "$FORWARD" = 1 ]; then
-    start_bare "$FWD_BARE_PORT" bare-forward --echo-headers
+    start_bare "$FWD_BARE_PORT" bare-forward "$FWD_UPSTREAM_CPU" --echo-headers
     start_sipward sipward-forward.toml sipward-forward
     if [ -z "$kam_note" ]; then
         if start_kamailio_forward; then kam_fwd=1; else kam_note="$kam_note Kamailio forward did not start (see its log)."; fi
@@ -418,7 +421,7 @@ if [ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ]; then dirty=" (with
 rmem=$(sysctl -n net.core.rmem_max 2>/dev/null || echo "?")
 export C_WORK=$work C_RUNS=$RUNS C_DURATION=$DURATION C_WARMUP=$WARMUP C_WINDOW=$WINDOW \
     C_CONNECTIONS=$CONNECTIONS C_RATE=$rate C_NPROC=$nproc_ C_MODEL=$model C_KERNEL=$kernel \
-    C_SERVER_CPU=$SERVER_CPU C_LOAD_CPU=$LOAD_CPU C_AS_CPU=$AS_CPU C_KAM_NOTE=$kam_note \
+    C_SERVER_CPU=$SERVER_CPU C_LOAD_CPU=$LOAD_CPU C_FWD_UPSTREAM_CPU=$FWD_UPSTREAM_CPU C_AS_CPU=$AS_CPU C_KAM_NOTE=$kam_note \
     C_KAM_VERSION=$kam_version C_SIPWARD_IO=${sipward_io:-?} C_COMMIT=$commit C_DIRTY=$dirty C_RMEM=$rmem \
     C_SLOW_AS_MS=$SLOW_AS_MS
 python3 - > "$OUT" <<'PY'
@@ -620,7 +623,7 @@ if E.get("C_KAM_VERSION"):
 w("- forward mode (unless FORWARD=0): sipward with `[forward] upstream` = a second bare responder run with "
   "`--echo-headers` (the forward-mode rows' 200s are the bare responder's, relayed), and Kamailio with "
   "loadtest/kamailio-forward.cfg.in (the respond-mode peer's introspection and cache, then `forward()`) "
-  "to the same responder")
+  f"to the same responder, which runs on CPU {E['C_FWD_UPSTREAM_CPU']} (it stands for a core on another host)")
 if E.get("C_KAM_NOTE"):
     w(f"- {E['C_KAM_NOTE']}")
 w("- the systems take turns within each round (sipward UDP, TCP, Kamailio UDP, TCP, bare), all of them "

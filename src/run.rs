@@ -50,15 +50,18 @@ fn reload(path: &Path, server: &Server, running: &mut Config) {
                 tracing::warn!(key, "changed in the file; takes effect after a restart");
             }
             // What was not applied stays as it runs, so the next reload compares with that.
-            let (server_cfg, admin, max_entries) = (
+            let (server_cfg, admin, max_entries, forward) = (
                 running.server.clone(),
                 running.admin,
                 running.cache.max_entries,
+                running.forward.take(),
             );
             *running = new;
             running.server = server_cfg;
             running.admin = admin;
             running.cache.max_entries = max_entries;
+            // The flow key among it: a new random one would orphan every flow token given out.
+            running.forward = forward;
             tracing::info!(file = %path.display(), "configuration reloaded");
         }
         Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),

@@ -285,3 +285,62 @@ fn tcp_upstream_carries_both_directions() {
         );
     }
 }
+
+#[test]
+fn sigterm_stops_a_forward_mode_server() {
+    // Found running forward mode by hand: the cross-shard lane task was awaited with the receive
+    // loops, never ended, and SIGTERM left the process running for ever.
+    for io in DRIVERS {
+        for upstream in ["udp", "tcp"] {
+            let core_udp = udp_client();
+            let core_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let core = match upstream {
+                "udp" => core_udp.local_addr().unwrap(),
+                _ => core_tcp.local_addr().unwrap(),
+            };
+            let port = free_port();
+            let config = format!(
+                "[server]\nudp = [\"127.0.0.1:{port}\"]\ntcp = [\"127.0.0.1:{port}\"]\nio = \"{io}\"\n\
+                 realm = \"example.com\"\nshards = 2\nshutdown_grace_s = 5\n\
+                 [static_tokens]\nfile = \"tokens.toml\"\n\
+                 [forward]\nupstream = \"{upstream}:{core}\"\nflow_key = \"a test key of some length\"\n\
+                 trusted = [\"{core}\"]\n"
+            );
+            let mut sw = Sipward::launch(io, &config, &[("tokens.toml", TOKENS)]);
+            // One request relayed, so the upstream side (and over TCP its connection) is in use.
+            let client = udp_client();
+            client
+                .send_to(
+                    register("alice", "stop1", "UDP", Some("alice-token")).as_bytes(),
+                    sw.udp,
+                )
+                .unwrap();
+            let _conn = if upstream == "tcp" {
+                core_tcp.set_nonblocking(true).unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    match core_tcp.accept() {
+                        Ok((c, _)) => break Some(c),
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Err(e) => {
+                            panic!("{io}: sipward did not connect upstream: {e}\n{}", sw.log())
+                        }
+                    }
+                }
+            } else {
+                let (relayed, _) = recv(&core_udp);
+                assert!(relayed.starts_with("REGISTER "), "{relayed}");
+                None
+            };
+            sw.signal(libc::SIGTERM);
+            assert_eq!(
+                sw.wait_exit(Duration::from_secs(10)),
+                Some(0),
+                "{io} {upstream}: {}",
+                sw.log()
+            );
+        }
+    }
+}

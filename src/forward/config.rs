@@ -46,6 +46,9 @@ pub struct ForwardConfig {
     pub identity_header: String,
     /// The flow-token signing key; random per process when none is configured.
     pub flow_key: Secret,
+    /// No key was configured and `flow_key` is a random one: flow tokens (and so the Paths the
+    /// core stored) do not outlive the process.
+    pub flow_key_random: bool,
     /// Sources whose messages are the core's: an address, and a port unless any port is trusted.
     pub trusted: Vec<(IpAddr, Option<u16>)>,
     pub advertise_host: String,
@@ -116,6 +119,10 @@ impl RawForward {
             }
             (None, None) => {
                 let (a, b) = crate::token::random_keys();
+                tracing::warn!(
+                    "forward.flow_key is not set: a random key signs flow tokens, so Paths and \
+                     Record-Routes the core stored stop working when sipward restarts"
+                );
                 Secret(format!("{a:016x}{b:016x}"))
             }
         };
@@ -176,6 +183,7 @@ impl RawForward {
             upstream_transport: transport,
             strip_token: self.strip_token,
             identity_header: name.clone(),
+            flow_key_random: self.flow_key.is_none() && self.flow_key_file.is_none(),
             flow_key,
             trusted,
             advertise_host,

@@ -300,7 +300,10 @@ async fn shard_main(
 ) {
     let mut tasks = Vec::new();
     if ctx.shared.engine.load().forwarder().is_some() {
-        tasks.push(monoio::spawn(relay::serve_lane(ctx.clone(), lane)));
+        // Not one of the loops awaited below: its senders live in every shard, so it never sees
+        // its channel close, and it must keep delivering to this shard's TCP flows while the
+        // grace period runs. It ends with the runtime.
+        monoio::spawn(relay::serve_lane(ctx.clone(), lane));
     }
     for s in socks.udp {
         match monoio::net::udp::UdpSocket::from_std(s) {

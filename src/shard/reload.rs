@@ -1,17 +1,18 @@
 //! Live reload: a new validated [`Config`] replaces the engine (auth policy, respond settings), the
 //! token source and the cache TTLs while shards run. Sockets stay open and the cache keeps its
 //! entries. What a running process cannot change (listen addresses, shard count, the I/O driver,
-//! other `[server]` keys, `cache.max_entries`, `[admin] listen`) is reported, not applied.
+//! other `[server]` keys, `cache.max_entries`, `[admin] listen`, `[forward]`) is reported, not
+//! applied: forward mode's sockets, lanes and flow tokens were set up for the running `[forward]`.
 
 use std::sync::Arc;
 
 use super::Shared;
 use crate::auth::Engine;
 use crate::config::{Config, ConfigError, SourceConfig};
+use crate::forward::ForwardConfig;
 use crate::token::http::RemoteSource;
 use crate::token::{StaticTokens, TokenSource};
 
-/// The engine for `cfg`, keyed by `tag_key`.
 /// The engine `cfg` describes, relaying to `forward` when set. The key derives To tags and relay
 /// branches: kept for the process's life, so a retransmission maps to the same values after a reload.
 pub(super) fn engine(
@@ -95,11 +96,26 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
             running.cache.max_entries != new.cache.max_entries,
         ),
         ("admin.listen", running.admin != new.admin),
-        ("forward", running.forward != new.forward),
+        ("forward", forward_changed(&running.forward, &new.forward)),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
     .collect()
+}
+
+/// Whether `[forward]` changed. Two random flow keys (none configured) are the same setting: each
+/// parse draws a new one, and the running key is what stays.
+fn forward_changed(running: &Option<ForwardConfig>, new: &Option<ForwardConfig>) -> bool {
+    match (running, new) {
+        (Some(a), Some(b)) if a.flow_key_random && b.flow_key_random => {
+            let b = ForwardConfig {
+                flow_key: a.flow_key.clone(),
+                ..b.clone()
+            };
+            *a != b
+        }
+        (a, b) => a != b,
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +137,31 @@ mod tests {
         .unwrap();
         assert_eq!(needs_restart(&a, &b), vec!["server.udp"]);
         assert!(needs_restart(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn a_random_flow_key_is_not_a_change_but_a_new_upstream_is() {
+        // Found merging forward mode with reload: each parse drew a new random key, so every
+        // SIGHUP reported [forward] as changed.
+        let fwd = |up: &str| {
+            Config::parse(
+                &format!(
+                    "[server]\nudp = \"127.0.0.1:5060\"\n[forward]\nupstream = \"udp:{up}\"\n"
+                ),
+                Path::new("."),
+            )
+            .unwrap()
+        };
+        let a = fwd("127.0.0.1:5080");
+        assert!(needs_restart(&a, &fwd("127.0.0.1:5080")).is_empty());
+        assert_eq!(needs_restart(&a, &fwd("127.0.0.1:5090")), vec!["forward"]);
+        let keyed = Config::parse(
+            "[server]\nudp = \"127.0.0.1:5060\"\n[forward]\nupstream = \"udp:127.0.0.1:5080\"\nflow_key = \"0123456789abcdef\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(needs_restart(&a, &keyed), vec!["forward"]);
+        assert!(needs_restart(&keyed, &keyed.clone()).is_empty());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 # throughput figures: the server's utime + stime (all threads, from /proc/PID/stat) over one bounded
 # `register` run, divided by the answers counted. Other load disturbs this far less than answers/s.
 #
-# usage: loadtest/cpu_per_answer.sh BIN_DIR [allmiss|cached]
+# usage: loadtest/cpu_per_answer.sh BIN_DIR [allmiss|cached|forward]
 #   BIN_DIR holds `sipward` and `sipward-load` (e.g. target/release, or a copy of an older build).
 #   allmiss (default): every token new, sipward against mock-as; then as-bench against the same
 #   mock-as for the HTTP client's own cost. cached: tokens cached; then the bare responder.
+#   forward: a second sipward in forward mode relaying to a bare responder that echoes headers (on
+#   LOAD_CPU, standing for a core on another host), cached tokens; CPU per answered transaction.
 # env:   DUR (5 s)  WINDOW (256)  SERVER_CPU (0)  LOAD_CPU (1)
 # Listens on 127.0.0.1 only, on random ports in 20000-29999; every process is stopped on exit.
 set -euo pipefail
@@ -16,8 +18,8 @@ DUR=${DUR:-5}
 WINDOW=${WINDOW:-256}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-case $MODE in allmiss | cached) ;; *) echo "mode must be allmiss or cached" >&2; exit 2 ;; esac
-SP=$((20000 + RANDOM % 9990)); AP=$((SP + 1)); BP=$((SP + 2))
+case $MODE in allmiss | cached | forward) ;; *) echo "mode must be allmiss, cached or forward" >&2; exit 2 ;; esac
+SP=$((20000 + RANDOM % 9990)); AP=$((SP + 1)); BP=$((SP + 2)); FP=$((SP + 3))
 w=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$w"' EXIT
@@ -60,8 +62,20 @@ measure() {
     n=$(answers "$w/r.json")
     echo "$3: $(per $((c1 - c0)) "$n" "$DUR")"
 }
-measure "$sp" "$SP" "sipward ($MODE)"
-if [ "$MODE" = cached ]; then
+first=$MODE
+[ "$MODE" = forward ] && first="respond, cached"
+measure "$sp" "$SP" "sipward ($first)"
+if [ "$MODE" = forward ]; then
+    taskset -c "$LOAD_CPU" "$B/sipward-load" bare-responder --listen "127.0.0.1:$BP" --echo-headers 2> "$w/b.log" &
+    pids+=($!)
+    started "$w/b.log" "bare-responder listening"
+    { sed -e "s/127.0.0.1:$SP/127.0.0.1:$FP/" "$w/s.toml"; printf '\n[forward]\nupstream = "udp:127.0.0.1:%s"\nflow_key = "cpu-per-answer-test-key"\n' "$BP"; } > "$w/f.toml"
+    taskset -c "$SERVER_CPU" "$B/sipward" --config "$w/f.toml" --log-level warn 2> "$w/f.log" &
+    fp=$!
+    pids+=($fp)
+    for _ in $(seq 50); do ss -Hlnu "sport = :$FP" | grep -q . && break; sleep 0.1; done
+    measure "$fp" "$FP" "sipward (forward)"
+elif [ "$MODE" = cached ]; then
     taskset -c "$SERVER_CPU" "$B/sipward-load" bare-responder --listen "127.0.0.1:$BP" 2> "$w/b.log" &
     bp=$!
     pids+=($bp)

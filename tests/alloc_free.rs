@@ -109,8 +109,9 @@ fn the_counter_sees_allocations() {
     assert!(n >= 1);
 }
 
-#[test]
-fn cached_token_respond_path_does_not_allocate() {
+/// A token service whose cache holds TOKEN (for alice), looked up once through the static source;
+/// with the time it was cached at.
+fn cached_service() -> (TokenService, u64) {
     let tokens = StaticTokens::parse(&format!(
         "[[tokens]]\ntoken = \"{TOKEN}\"\nusername = \"alice\"\n"
     ))
@@ -128,6 +129,12 @@ fn cached_token_respond_path_does_not_allocate() {
         .expect("runtime")
         .block_on(svc.resolve(TOKEN, key, now))
         .expect("the static source answers");
+    (svc, now)
+}
+
+#[test]
+fn cached_token_respond_path_does_not_allocate() {
+    let (svc, now) = cached_service();
 
     let engine = Engine::new(Policy::default(), 200, (5, 6));
     let src: SocketAddr = "192.0.2.10:5060".parse().unwrap();
@@ -165,23 +172,7 @@ fn cached_token_respond_path_does_not_allocate() {
 
 #[test]
 fn cached_token_forward_path_does_not_allocate() {
-    let tokens = StaticTokens::parse(&format!(
-        "[[tokens]]\ntoken = \"{TOKEN}\"\nusername = \"alice\"\n"
-    ))
-    .expect("token file");
-    let cache = CacheConfig {
-        max_entries: 100,
-        max_ttl_s: 3600,
-        negative_ttl_s: 10,
-    };
-    let svc = TokenService::new(Some(Arc::new(tokens)), &cache, TokenHasher::new((1, 2)));
-    let now = 1_700_000_000;
-    let key = svc.key(TOKEN);
-    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .build()
-        .expect("runtime")
-        .block_on(svc.resolve(TOKEN, key, now))
-        .expect("the static source answers");
+    let (svc, now) = cached_service();
 
     let cfg = sipward::config::Config::parse(
         "[server]\nudp = [\"192.0.2.1:5060\"]\n[forward]\nupstream = \"udp:192.0.2.100:5060\"\n\

@@ -8,17 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A port free on 127.0.0.1 for both UDP and TCP, for a configuration that advertises it.
-fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 struct Setup {
     sipward: Sipward,
     core: UdpSocket,

@@ -209,17 +209,6 @@ impl Drop for Kamailio {
     }
 }
 
-/// A port free on 127.0.0.1 for both UDP and TCP.
-fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 struct Setup {
     kamailio: Kamailio,
     sipward: Sipward,

@@ -233,6 +233,18 @@ pub fn register(user: &str, call_id: &str, transport: &str, auth: Option<&str>) 
     )
 }
 
+/// A port free on 127.0.0.1 for both UDP and TCP, for a configuration that must name its port
+/// (forward mode advertises it in Via, Path and Record-Route).
+pub fn free_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn udp_client() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -559,9 +559,24 @@ fn forwarded(r: Result<Dest, Refusal>) -> Done {
     }
 }
 
-/// A Via whose sent-protocol names SIP/2.0 and a transport, followed by a sent-by.
+/// A Via whose sent-protocol names SIP/2.0 and a transport, followed by a sent-by, and which the
+/// response can carry back as the same first element of its Via list.
 fn usable_via(via: &[u8]) -> bool {
-    let head = &via[..crate::sip::find_byte(via, b';').unwrap_or(via.len())];
+    // The response replaces `received` and `rport`. Angle brackets (never part of a Via, RFC 3261
+    // 20.42) or a quote in a replaced value decide where the request's Via list splits; written back
+    // without them, the response's first Via would end elsewhere, without its received and rport.
+    // Found by the `respond` fuzz target.
+    if via.iter().any(|&b| b == b'<' || b == b'>') {
+        return false;
+    }
+    let semi = crate::sip::find_byte(via, b';').unwrap_or(via.len());
+    if crate::sip::addr::params(&via[semi..]).any(|(name, value)| {
+        (name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport"))
+            && value.is_some_and(|v| v.contains(&b'"'))
+    }) {
+        return false;
+    }
+    let head = &via[..semi];
     let mut parts = head.split(|&b| b == b'/');
     let (Some(name), Some(version), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
@@ -1017,5 +1032,29 @@ From: <sip:alice@h>;tag=f\r\nTo: <sip:bob@h>\r\nCall-ID: call-1\r\nCSeq: 1 INVIT
         assert!(!usable_via(b"SIP/2.0/UDP"));
         assert!(!usable_via(b"SIP/3.0/UDP h"));
         assert!(!usable_via(b"nonsense"));
+    }
+
+    #[test]
+    fn a_via_that_would_not_come_back_first_is_not_answered() {
+        // The fuzzer's case, reduced: '<' in the received value hid the comma from the list split;
+        // the response, without that value, had the comma at top level and its first Via lacked
+        // received and rport.
+        assert!(!usable_via(
+            b"SIP/2.0/UDP h;branch=z9hG4bKa;received=1.2.3.4<x, SIP/2.0/TCP p"
+        ));
+        assert!(!usable_via(b"SIP/2.0/UDP h;received=\"1.2.3.4"));
+        assert!(!usable_via(b"SIP/2.0/UDP h;rport=\"5\""));
+        assert!(usable_via(
+            b"SIP/2.0/UDP h;branch=z9hG4bKa;x=\"a, b\";received=1.2.3.4;rport"
+        ));
+        let e = engine(Policy::default());
+        let msg =
+            b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa;received=1.2.3.4<x, \
+SIP/2.0/TCP p;branch=z9hG4bKb>\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\n\
+CSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(
+            run(&e, msg, Lookup::NoSource).0,
+            Done::Dropped(DropReason::NoVia)
+        );
     }
 }

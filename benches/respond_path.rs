@@ -299,34 +299,19 @@ fn bench_forward(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("forward_path");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("respond_cached_token_full", |b| {
-        let mut out = Vec::with_capacity(2048);
-        b.iter(|| {
-            let done = respond(
-                &respond_engine,
-                &tokens,
-                black_box(&with_token),
-                src,
-                &mut out,
-            );
-            black_box(&out);
-            done
-        })
-    });
-    g.bench_function("relay_cached_token_full", |b| {
-        let mut out = Vec::with_capacity(2048);
-        b.iter(|| {
-            let done = respond(
-                &forward_engine,
-                &tokens,
-                black_box(&with_token),
-                src,
-                &mut out,
-            );
-            black_box(&out);
-            done
-        })
-    });
+    for (name, engine) in [
+        ("respond_cached_token_full", &respond_engine),
+        ("relay_cached_token_full", &forward_engine),
+    ] {
+        g.bench_function(name, |b| {
+            let mut out = Vec::with_capacity(2048);
+            b.iter(|| {
+                let done = respond(engine, &tokens, black_box(&with_token), src, &mut out);
+                black_box(&out);
+                done
+            })
+        });
+    }
     g.bench_function("relay_core_response", |b| {
         let mut out = Vec::with_capacity(2048);
         b.iter(|| {

@@ -132,6 +132,25 @@ fn cached_service() -> (TokenService, u64) {
     (svc, now)
 }
 
+/// `msg` through `engine` with its token answered from `svc`'s cache, as a shard's hit path runs.
+fn pass_cached(
+    engine: &Engine,
+    svc: &TokenService,
+    msg: &[u8],
+    src: SocketAddr,
+    now: u64,
+    out: &mut Vec<u8>,
+) -> Done {
+    let Begin::NeedToken(p) = engine.begin(msg, src, out) else {
+        panic!("a token is needed");
+    };
+    let key = svc.key(p.token);
+    svc.with_cached(key, now, |facts| {
+        engine.finish(&p, src, Lookup::Found(facts), now, out)
+    })
+    .expect("cached")
+}
+
 #[test]
 fn cached_token_respond_path_does_not_allocate() {
     let (svc, now) = cached_service();
@@ -140,16 +159,7 @@ fn cached_token_respond_path_does_not_allocate() {
     let src: SocketAddr = "192.0.2.10:5060".parse().unwrap();
     let msg = register();
     let mut out = Vec::with_capacity(2048);
-    let respond = |out: &mut Vec<u8>| {
-        let Begin::NeedToken(p) = engine.begin(&msg, src, out) else {
-            panic!("a token is needed");
-        };
-        let key = svc.key(p.token);
-        svc.with_cached(key, now, |facts| {
-            engine.finish(&p, src, Lookup::Found(facts), now, out)
-        })
-        .expect("cached")
-    };
+    let respond = |out: &mut Vec<u8>| pass_cached(&engine, &svc, &msg, src, now, out);
     // Once to warm whatever lazily initialises per thread (the cache's epoch guard slot).
     assert_eq!(
         respond(&mut out),
@@ -186,16 +196,7 @@ fn cached_token_forward_path_does_not_allocate() {
     let core: SocketAddr = "192.0.2.100:5060".parse().unwrap();
     let msg = register();
     let mut out = Vec::with_capacity(2048);
-    let relay = |out: &mut Vec<u8>| {
-        let Begin::NeedToken(p) = engine.begin(&msg, src, out) else {
-            panic!("a token is needed");
-        };
-        let key = svc.key(p.token);
-        svc.with_cached(key, now, |facts| {
-            engine.finish(&p, src, Lookup::Found(facts), now, out)
-        })
-        .expect("cached")
-    };
+    let relay = |out: &mut Vec<u8>| pass_cached(&engine, &svc, &msg, src, now, out);
     let upstream = Done::Forwarded(sipward::forward::Dest::Upstream);
     assert_eq!(relay(&mut out), upstream);
     let (done, n) = allocations_in(|| relay(&mut out));

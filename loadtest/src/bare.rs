@@ -189,20 +189,7 @@ impl Batch {
         }
         // SAFETY: every header points at a live sockaddr_storage and iovec, and each iovec at
         // RECV_BUF bytes of recv_buf; nothing else touches them during the call.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.recv_hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        unsafe { crate::udp::recv_mmsg(fd, &mut self.recv_hdrs[..BATCH]) }
     }
 
     /// Builds the answers to the `n` datagrams just received; returns how many there are to send.
@@ -244,19 +231,7 @@ impl Batch {
     /// Sends answers `from..k`; how many the kernel took.
     fn send(&mut self, fd: i32, from: usize, k: usize) -> io::Result<usize> {
         // SAFETY: send_hdrs[from..k] point at live addresses, iovecs and send buffers.
-        let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.send_hdrs[from..].as_mut_ptr(),
-                (k - from) as libc::c_uint,
-                0,
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        unsafe { crate::udp::send_mmsg(fd, &mut self.send_hdrs[from..k]) }
     }
 }
 

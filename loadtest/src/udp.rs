@@ -73,32 +73,14 @@ impl Mmsg {
         self.prepare(n, false);
         // SAFETY: hdrs[..n] point at iov[..n], which point at live buffers of the stated lengths;
         // nothing touches them until the call returns.
-        let r = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        unsafe { send_mmsg(fd, &mut self.hdrs[..n]) }
     }
 
     /// Receives up to a batch without blocking; returns how many datagrams arrived.
     fn recv(&mut self, fd: i32) -> io::Result<usize> {
         self.prepare(BATCH, true);
-        // SAFETY: as in `send`, with buffers of RECV_BUF bytes; a null timeout means none.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
+        // SAFETY: as in `send`, with buffers of RECV_BUF bytes.
+        unsafe { recv_mmsg(fd, &mut self.hdrs[..BATCH]) }
     }
 
     /// Datagram `i` of the last `recv`, or `None` if it was truncated.
@@ -348,4 +330,41 @@ pub fn run(
         }
     }
     Ok(st)
+}
+
+/// `sendmmsg` of every header in `hdrs`; how many the kernel took.
+///
+/// # Safety
+/// Each header must point at live iovecs (and, unconnected, a live address) of the stated lengths,
+/// untouched until the call returns.
+pub(crate) unsafe fn send_mmsg(fd: i32, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: the caller's.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Non-blocking `recvmmsg` into `hdrs`; how many datagrams arrived.
+///
+/// # Safety
+/// As [`send_mmsg`], with writable buffers and address slots.
+pub(crate) unsafe fn recv_mmsg(fd: i32, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: the caller's; a null timeout means none.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
 }

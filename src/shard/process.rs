@@ -5,7 +5,6 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::stats::{bump, method_index, outcome_index, ShardStats, SILENT};
@@ -215,12 +214,4 @@ async fn engine_again(
             engine.finish_on(&p, arrival, Lookup::Failed(e), now, out)
         }
     })
-}
-
-/// Sum of a counter over shards.
-pub fn total(
-    stats: &[Arc<ShardStats>],
-    f: impl Fn(&ShardStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
 }

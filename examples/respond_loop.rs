@@ -6,9 +6,11 @@
 //!
 //! Instructions per request = the `I refs` total / 100,000 (start-up is under 0.1% of it). The
 //! message is the benches' REGISTER (benches/fixtures/register.rs); the token facts are passed in
-//! directly, so the count is `Engine::begin` + `Engine::finish`, without the cache lookup.
+//! directly, so the count is `Engine::begin_then` + `Engine::finish_ready` (the server's path),
+//! without the cache lookup.
 
-use sipward::auth::{Begin, Engine, Lookup, Policy, TokenFacts};
+use sipward::auth::{Engine, Lookup, Policy, TokenFacts};
+use sipward::forward::Flow;
 
 #[path = "../benches/fixtures/register.rs"]
 mod fixtures;
@@ -25,8 +27,12 @@ fn main() {
     let mut out = Vec::with_capacity(2048);
     let mut bytes = 0usize;
     for _ in 0..100_000 {
-        if let Begin::NeedToken(p) = engine.begin(std::hint::black_box(&msg), src, &mut out) {
-            engine.finish(&p, src, Lookup::Found(&facts), 1_700_000_000, &mut out);
+        let arrival = Flow::Udp(src);
+        let msg = std::hint::black_box(&msg[..]);
+        let done = engine.begin_then(msg, arrival, &mut out, |ready, out| {
+            engine.finish_ready(ready, arrival, Lookup::Found(&facts), 1_700_000_000, out)
+        });
+        if done.is_ok() {
             bytes += out.len();
         }
     }

@@ -88,6 +88,38 @@ pub struct Pending<'a> {
     pub token: &'a str,
 }
 
+impl<'a> Pending<'a> {
+    /// The request as [`Engine::finish_ready`] takes it.
+    #[inline]
+    pub fn ready(&self) -> Ready<'_, 'a> {
+        Ready {
+            msg: &self.msg,
+            parties: &self.parties,
+            token: self.token,
+        }
+    }
+}
+
+/// A request waiting for its token, borrowed where it was scanned: what [`Engine::begin_then`]
+/// lends its lookup, and what [`Engine::finish_ready`] judges. The scanned message is about a
+/// kilobyte (its header table is inline), so the hot path lends it instead of moving it.
+#[derive(Clone, Copy)]
+pub struct Ready<'m, 'a> {
+    pub msg: &'m Message<'a>,
+    /// From and To as [`Message::check_request`] parsed them.
+    pub parties: &'m Parties<'a>,
+    pub token: &'a str,
+}
+
+impl std::fmt::Debug for Ready<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("msg", self.msg)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Pending<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
@@ -178,6 +210,34 @@ impl Engine {
         }
     }
 
+    /// [`Engine::begin_on`] for a caller that looks the token up at once (a cache hit): `then` is
+    /// lent the request where it was scanned and returns what the caller makes of it; `Err` is how
+    /// a request that needs no lookup ended. Nothing of the message is moved on the way, unlike the
+    /// [`Pending`] that [`Engine::begin_on`] returns.
+    #[inline]
+    pub fn begin_then<'a, R>(
+        &self,
+        bytes: &'a [u8],
+        arrival: Flow,
+        out: &mut Vec<u8>,
+        then: impl FnOnce(Ready<'_, 'a>, &mut Vec<u8>) -> R,
+    ) -> Result<R, Done> {
+        let scanned = scan(bytes);
+        let msg = match &scanned {
+            Ok(msg) => msg,
+            Err(e) => return Err(Done::Dropped(DropReason::Unparseable(*e))),
+        };
+        let (parties, token) = self.decide(msg, arrival, out)?;
+        Ok(then(
+            Ready {
+                msg,
+                parties: &parties,
+                token,
+            },
+            out,
+        ))
+    }
+
     /// Everything [`Engine::begin`] does on a scanned message: `Ok` with what a token lookup needs,
     /// or `Err` with how it ended.
     fn decide<'a>(
@@ -266,19 +326,31 @@ impl Engine {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Done {
+        self.finish_ready(p.ready(), arrival, lookup, now, out)
+    }
+
+    /// [`Engine::finish_on`] for the request [`Engine::begin_then`] lent.
+    pub fn finish_ready(
+        &self,
+        r: Ready<'_, '_>,
+        arrival: Flow,
+        lookup: Lookup<'_>,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Done {
         let source = arrival.peer();
-        let party = match p.msg.method() {
-            Some(Method::Register) => &p.parties.to,
-            _ => &p.parties.from,
+        let party = match r.msg.method() {
+            Some(Method::Register) => &r.parties.to,
+            _ => &r.parties.from,
         };
         let outcome = judge(&self.policy, lookup, &party.aor(), now);
-        let to = ToState::from(&p.parties);
+        let to = ToState::from(r.parties);
         match outcome {
             Outcome::Accept if self.forward.is_some() => {
-                self.relay(&p.msg, arrival, Some(party.aor()), out)
+                self.relay(r.msg, arrival, Some(party.aor()), out)
             }
-            Outcome::Accept => self.reply_pass(&p.msg, to, source, Some(outcome), out),
-            _ => self.reply_outcome(&p.msg, to, source, outcome, out),
+            Outcome::Accept => self.reply_pass(r.msg, to, source, Some(outcome), out),
+            _ => self.reply_outcome(r.msg, to, source, outcome, out),
         }
     }
 
@@ -636,6 +708,42 @@ Content-Length: 0\r\n\r\n"
             Begin::NeedToken(p) => e.finish(&p, src(), lookup, NOW, &mut out),
         };
         (done, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn begin_then_answers_as_begin_and_finish() {
+        let e = engine(Policy::default());
+        let bob = TokenFacts {
+            username: Some("bob".into()),
+            ..alice()
+        };
+        let mut invite = register("Authorization: Bearer tok\r\n");
+        invite.splice(..8, b"INVITE".iter().copied());
+        let messages = [
+            register("Authorization: Bearer tok\r\n"),
+            register(""),
+            register("Authorization: Bearer a b\r\n"),
+            invite,
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n".to_vec(),
+            b"not sip".to_vec(),
+        ];
+        for msg in &messages {
+            for facts in [alice(), bob.clone()] {
+                let lookup = Lookup::Found(&facts);
+                let (want, want_bytes) = run(&e, msg, lookup);
+                let mut out = Vec::new();
+                let arrival = Flow::Udp(src());
+                let got = e.begin_then(msg, arrival, &mut out, |ready, out| {
+                    assert_eq!(ready.token, "tok");
+                    e.finish_ready(ready, arrival, lookup, NOW, out)
+                });
+                let got = got.unwrap_or_else(|done| done);
+                assert_eq!(
+                    (got, String::from_utf8_lossy(&out)),
+                    (want, want_bytes.into())
+                );
+            }
+        }
     }
 
     #[test]

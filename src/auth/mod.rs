@@ -13,7 +13,7 @@ pub mod policy;
 pub mod verdict;
 
 pub use credentials::{bearer, Credentials};
-pub use engine::{Begin, Done, DropReason, Engine, Pending};
+pub use engine::{Begin, Done, DropReason, Engine, Pending, Ready};
 pub use facts::{SourceError, TokenFacts};
 pub use policy::{assess, assess_checked, ChallengeMode, Need, Policy, Profile};
 pub use verdict::{judge, response_for, Invalid, Lookup, Outcome, ResponseSpec};

@@ -135,35 +135,33 @@ pub fn process_on(
     // One load per message: a reload swaps the engine between messages, never during one.
     let engine = ctx.shared.engine.load();
     let src = arrival.peer();
-    let pending = match engine.begin_on(data, arrival, out) {
-        Begin::Done(done) => return record(&ctx.stats, done, data, src),
-        Begin::NeedToken(p) => p,
-    };
     let tokens = &ctx.shared.tokens;
-    let now = unix_now();
-    if !tokens.has_source() {
-        let done = engine.finish_on(&pending, arrival, Lookup::NoSource, now, out);
-        return record(&ctx.stats, done, data, src);
-    }
-    let key = tokens.key(pending.token);
-    let hit = tokens.with_cached(key, now, |facts| {
-        engine.finish_on(&pending, arrival, Lookup::Found(facts), now, out)
+    // The lookup runs on the request where the engine scanned it (see `Engine::begin_then`); only
+    // a miss comes back out, to be looked up again by a task of its own.
+    let looked_up = engine.begin_then(data, arrival, out, |ready, out| {
+        let now = unix_now();
+        if !tokens.has_source() {
+            return Some(engine.finish_ready(ready, arrival, Lookup::NoSource, now, out));
+        }
+        let key = tokens.key(ready.token);
+        let hit = tokens.with_cached(key, now, |facts| {
+            engine.finish_ready(ready, arrival, Lookup::Found(facts), now, out)
+        });
+        if hit.is_some() {
+            bump(&ctx.stats.cache_hits);
+            return hit;
+        }
+        bump(&ctx.stats.cache_misses);
+        if ctx.pending.get() >= MAX_PENDING_PER_SHARD {
+            bump(&ctx.stats.dropped_overloaded);
+            let overloaded = Lookup::Failed(SourceError::Overloaded);
+            return Some(engine.finish_ready(ready, arrival, overloaded, now, out));
+        }
+        None
     });
-    if let Some(done) = hit {
-        bump(&ctx.stats.cache_hits);
-        return record(&ctx.stats, done, data, src);
-    }
-    bump(&ctx.stats.cache_misses);
-    if ctx.pending.get() >= MAX_PENDING_PER_SHARD {
-        bump(&ctx.stats.dropped_overloaded);
-        let done = engine.finish_on(
-            &pending,
-            arrival,
-            Lookup::Failed(SourceError::Overloaded),
-            now,
-            out,
-        );
-        return record(&ctx.stats, done, data, src);
+    match looked_up {
+        Err(done) | Ok(Some(done)) => return record(&ctx.stats, done, data, src),
+        Ok(None) => {}
     }
     // Slow path: keep a copy of the request, answer when the source has.
     let copy = data.to_vec();

@@ -38,7 +38,7 @@ use stats::ShardStats;
 
 /// What every shard reads.
 pub struct Shared {
-    /// Swapped whole by a reload; shards load it once per message.
+    /// Swapped whole by a reload; shards load it once per batch of messages (`process::Turn`).
     pub engine: ArcSwap<Engine>,
     pub tokens: TokenService,
     /// Fixed for the life of the process: listen addresses and shard count need a restart.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::stats::{bump, method_index, outcome_index, ShardStats, SILENT};
 use super::Shared;
-use crate::auth::{Begin, Done, Lookup, Outcome, SourceError};
+use crate::auth::{Begin, Done, Engine, Lookup, Outcome, SourceError};
 use crate::forward::{Dest, Flow};
 use crate::token::{unix_now, Unresolved};
 
@@ -28,6 +28,35 @@ pub struct ShardCtx {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Forward mode's sockets, flows and lanes.
     pub relay: super::relay::RelayState,
+}
+
+/// What a shard reads once per batch of messages (one `recvmmsg` round, one TCP read) instead of
+/// once per message: the engine, whether a token source is configured, and the clock. Each read
+/// of an `ArcSwap` writes a debt slot and clears it with a locked instruction, and the clock is a
+/// vDSO call; per message they cost about as much as judging the token. A reload takes effect
+/// from the next batch, microseconds later; `now` is Unix seconds, which a batch does not outlast
+/// by any amount the token rules can see.
+///
+/// Not to be held across an await: the engine guard takes one of the thread's few debt slots.
+pub struct Turn {
+    engine: arc_swap::Guard<Arc<Engine>>,
+    has_source: bool,
+    now: u64,
+}
+
+impl Turn {
+    #[inline]
+    pub fn new(ctx: &ShardCtx) -> Turn {
+        Turn {
+            engine: ctx.shared.engine.load(),
+            has_source: ctx.shared.tokens.has_source(),
+            now: unix_now(),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 /// Where a deferred response goes.
@@ -115,32 +144,33 @@ fn rejected(data: &[u8], src: SocketAddr, outcome: Outcome, code: u16) {
 /// when the answer must wait for the token source.
 pub fn process(
     ctx: &Rc<ShardCtx>,
+    turn: &Turn,
     data: &[u8],
     src: SocketAddr,
     out: &mut Vec<u8>,
     reply_to: impl FnOnce() -> ReplyTo,
 ) -> Handled {
-    process_on(ctx, data, Flow::Udp(src), out, reply_to)
+    process_on(ctx, turn, data, Flow::Udp(src), out, reply_to)
 }
 
 /// [`process`] for a message that arrived on `arrival` (a TCP connection names itself).
 pub fn process_on(
     ctx: &Rc<ShardCtx>,
+    turn: &Turn,
     data: &[u8],
     arrival: Flow,
     out: &mut Vec<u8>,
     reply_to: impl FnOnce() -> ReplyTo,
 ) -> Handled {
     bump(&ctx.stats.received);
-    // One load per message: a reload swaps the engine between messages, never during one.
-    let engine = ctx.shared.engine.load();
+    let engine = turn.engine();
     let src = arrival.peer();
     let tokens = &ctx.shared.tokens;
+    let now = turn.now;
     // The lookup runs on the request where the engine scanned it (see `Engine::begin_then`); only
     // a miss comes back out, to be looked up again by a task of its own.
     let looked_up = engine.begin_then(data, arrival, out, |ready, out| {
-        let now = unix_now();
-        if !tokens.has_source() {
+        if !turn.has_source {
             return Some(engine.finish_ready(ready, arrival, Lookup::NoSource, now, out));
         }
         let key = tokens.key(ready.token);

@@ -14,7 +14,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-use super::process::{process_on, Handled, ReplyTo, ShardCtx};
+use super::process::{process_on, Handled, ReplyTo, ShardCtx, Turn};
 use super::stats::bump;
 use crate::auth::Done;
 use crate::forward::Flow;
@@ -119,6 +119,8 @@ pub(super) async fn connection(
     'conn: loop {
         let mut pos = 0;
         let mut close = false;
+        // One per read, dropped before the awaits below (see `Turn`).
+        let turn = Turn::new(ctx);
         loop {
             match next_frame(&buf[pos..], max) {
                 Frame::Incomplete => break,
@@ -130,7 +132,8 @@ pub(super) async fn connection(
                 Frame::Message(n) => {
                     let msg = &buf[pos..pos + n];
                     pos += n;
-                    match process_on(ctx, msg, arrival, &mut out, || ReplyTo::Tcp(tx.clone())) {
+                    let reply_to = || ReplyTo::Tcp(tx.clone());
+                    match process_on(ctx, &turn, msg, arrival, &mut out, reply_to) {
                         Handled::Reply => batch.extend_from_slice(&out),
                         Handled::Forward(dest) => relayed.push((dest, out.clone())),
                         Handled::Nothing => {}
@@ -139,7 +142,7 @@ pub(super) async fn connection(
                 Frame::TooLarge => {
                     bump(&ctx.stats.dropped_oversize);
                     let head = &buf[pos..buf.len().min(pos + max)];
-                    let done = ctx.shared.engine.load().too_large(head, peer, &mut out);
+                    let done = turn.engine().too_large(head, peer, &mut out);
                     framing_reply(ctx, done, &out, &mut batch);
                     close = true;
                     break;
@@ -151,12 +154,9 @@ pub(super) async fn connection(
                         } else {
                             "Malformed Content-Length header"
                         };
-                    let done = ctx.shared.engine.load().bad_framing(
-                        &buf[pos..pos + h],
-                        reason,
-                        peer,
-                        &mut out,
-                    );
+                    let done =
+                        turn.engine()
+                            .bad_framing(&buf[pos..pos + h], reason, peer, &mut out);
                     framing_reply(ctx, done, &out, &mut batch);
                     // Without a length the next message's start is unknown: the stream is lost.
                     close = true;
@@ -164,6 +164,7 @@ pub(super) async fn connection(
                 }
             }
         }
+        drop(turn);
         for (dest, bytes) in relayed.drain(..) {
             super::relay::deliver(ctx, dest, bytes).await;
         }

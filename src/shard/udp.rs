@@ -23,7 +23,7 @@ use std::rc::Rc;
 use monoio::net::udp::UdpSocket;
 use socket2::SockAddr;
 
-use super::process::{process, Handled, ReplyTo, ShardCtx};
+use super::process::{process, Handled, ReplyTo, ShardCtx, Turn};
 use super::stats::bump;
 
 /// Datagrams handled per wake-up: the awaited one plus what one `recvmmsg` drains.
@@ -59,6 +59,7 @@ pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
         match res {
             Ok((n, src)) => take(
                 &ctx,
+                &Turn::new(&ctx),
                 &sock,
                 &first[..n.min(first.len())],
                 n > max,
@@ -77,13 +78,19 @@ pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
         // flood the shard's other tasks (TCP, answers that waited for the token source) still run.
         for _ in 0..DRAIN_ROUNDS {
             let got = rx.drain(fd, ctx.id);
-            for i in 0..got {
-                match rx.datagram(i, max) {
-                    Some((data, oversize, src)) => take(&ctx, &sock, data, oversize, src, &mut tx),
-                    None => tracing::debug!(
-                        shard = ctx.id,
-                        "udp datagram from an unknown address family"
-                    ),
+            if got > 0 {
+                // Dropped before the flush below awaits (see `Turn`).
+                let turn = Turn::new(&ctx);
+                for i in 0..got {
+                    match rx.datagram(i, max) {
+                        Some((data, oversize, src)) => {
+                            take(&ctx, &turn, &sock, data, oversize, src, &mut tx)
+                        }
+                        None => tracing::debug!(
+                            shard = ctx.id,
+                            "udp datagram from an unknown address family"
+                        ),
+                    }
                 }
             }
             tx.flush(&sock, fd, &ctx).await;
@@ -97,6 +104,7 @@ pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
 /// Processes one datagram; an immediate response is queued in `tx` for the batch's `sendmmsg`.
 fn take(
     ctx: &Rc<ShardCtx>,
+    turn: &Turn,
     sock: &Rc<UdpSocket>,
     data: &[u8],
     oversize: bool,
@@ -108,7 +116,7 @@ fn take(
         tracing::debug!(shard = ctx.id, %src, "oversized datagram dropped");
         return;
     }
-    let handled = process(ctx, data, src, tx.next_out(), || {
+    let handled = process(ctx, turn, data, src, tx.next_out(), || {
         ReplyTo::Udp(sock.clone(), src)
     });
     match handled {

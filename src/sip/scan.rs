@@ -441,6 +441,12 @@ fn name_run(bytes: &[u8]) -> usize {
 /// Start and end of `s` without surrounding white space; `None` when it is all white space.
 #[inline]
 fn content_bounds(s: &[u8]) -> Option<(usize, usize)> {
+    // `Name: value`: one space before the value and nothing after it, settled without a loop.
+    if let [b' ', second, .., last] = s {
+        if *second > b' ' && *last > b' ' {
+            return Some((1, s.len()));
+        }
+    }
     let start = s.iter().position(|&b| !super::is_lws(b))?;
     let end = s.iter().rposition(|&b| !super::is_lws(b))? + 1;
     Some((start, end))
@@ -1178,6 +1184,20 @@ Via: SIP/2.0/UDP c;branch=z9hG4bK3;x=\"q,uoted\"\r\nv: SIP/2.0/UDP d;branch=z9hG
             scan(b"OPTIONS sip:h SIP/2.0\r\nV\x01a: x\r\n").unwrap_err(),
             ScanError::BadHeaderName
         );
+    }
+
+    #[test]
+    fn content_bounds_agree_with_trimming_byte_by_byte() {
+        for s in crate::sip::tests::short_strings() {
+            let want = s.iter().position(|&b| !crate::sip::is_lws(b)).map(|start| {
+                let end = s
+                    .iter()
+                    .rposition(|&b| !crate::sip::is_lws(b))
+                    .unwrap_or(start);
+                (start, end + 1)
+            });
+            assert_eq!(content_bounds(&s), want, "{s:?}");
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! which never reaches the cache; and `finish` split into the decision (AOR + `judge`) and the
 //! response bytes. `cached_token_full_ops` adds what issue #6 put on the path: the engine loaded
 //! from its `ArcSwap` (live reload), the source looked up behind its `ArcSwap`, and the shard's
-//! counters (cache hit, response code, method × outcome). Not included: the socket I/O around
-//! `process`.
+//! counters (cache hit, response code, method × outcome). The server now takes those two loads
+//! once per batch (`shard::process::Turn`), so this is the per-message worst case. Not included:
+//! the socket I/O around `process`.
 //!
 //! A second group, `forward_path`, times forward mode's counterpart beside the same respond path:
 //! the cached-token REGISTER relayed to the upstream (Via with the derived branch, received/rport,
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sipward::auth::{judge, Begin, Done, Engine, Lookup, Outcome, Pending, Policy, TokenFacts};
 use sipward::config::CacheConfig;
+use sipward::forward::Flow;
 use sipward::shard::stats::{bump, method_index, outcome_index, ShardStats};
 use sipward::sip::reply::{finish_response, put_register_contacts, start_response_with_tag};
 use sipward::token::{unix_now, StaticTokens, TokenHasher, TokenService};
@@ -71,7 +73,8 @@ const ACCEPTED: Done = Done::Replied {
     outcome: Some(Outcome::Accept),
 };
 
-/// The shard's hot path for a request whose token is cached (cf. `shard::process::process`).
+/// The shard's hot path for a request whose token is cached (cf. `shard::process::process`): the
+/// token looked up on the request where the engine scanned it.
 #[inline(always)]
 fn respond(
     engine: &Engine,
@@ -80,17 +83,17 @@ fn respond(
     src: SocketAddr,
     out: &mut Vec<u8>,
 ) -> Done {
-    let pending = match engine.begin(data, src, out) {
-        Begin::Done(done) => return done,
-        Begin::NeedToken(p) => p,
-    };
     let now = unix_now();
-    let key = tokens.key(pending.token);
-    tokens
-        .with_cached(key, now, |facts| {
-            engine.finish(&pending, src, Lookup::Found(facts), now, out)
-        })
-        .expect("the benchmark token is cached")
+    let arrival = Flow::Udp(src);
+    let done = engine.begin_then(data, arrival, out, |ready, out| {
+        let key = tokens.key(ready.token);
+        tokens
+            .with_cached(key, now, |facts| {
+                engine.finish_ready(ready, arrival, Lookup::Found(facts), now, out)
+            })
+            .expect("the benchmark token is cached")
+    });
+    done.unwrap_or_else(|done| done)
 }
 
 fn need_token<'a>(
@@ -289,9 +292,7 @@ fn bench_forward(c: &mut Criterion) {
          Call-ID: a84b4c76e66710@pc33.example.com\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
     );
     let answer = answer.into_bytes();
-    let back = Done::Forwarded(sipward::forward::Dest::Flow(sipward::forward::Flow::Udp(
-        src,
-    )));
+    let back = Done::Forwarded(sipward::forward::Dest::Flow(Flow::Udp(src)));
     match forward_engine.begin(&answer, core, &mut out) {
         Begin::Done(done) => assert_eq!(done, back),
         Begin::NeedToken(_) => panic!("a response needs no token"),

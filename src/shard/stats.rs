@@ -134,14 +134,30 @@ pub fn bump(c: &AtomicU64) {
 
 /// The [`METHODS`] index of the request line at the start of `data` (a response or garbage counts
 /// as "other"; such messages are dropped before they are counted as requests anyway).
+///
+/// A `match` on the names, in [`METHODS`] order: it compiles to a switch on the length and one
+/// comparison, where looking the name up in [`METHODS`] compared slice by slice (147 instructions
+/// per REGISTER under callgrind, about 1% of the request).
 #[inline]
 pub fn method_index(data: &[u8]) -> usize {
     let end = data.iter().take(16).position(|&b| b == b' ').unwrap_or(0);
-    let m = data.get(..end).unwrap_or_default();
-    METHODS[..METHODS.len() - 1]
-        .iter()
-        .position(|name| name.as_bytes() == m)
-        .unwrap_or(METHODS.len() - 1)
+    match data.get(..end).unwrap_or_default() {
+        b"REGISTER" => 0,
+        b"INVITE" => 1,
+        b"ACK" => 2,
+        b"BYE" => 3,
+        b"CANCEL" => 4,
+        b"OPTIONS" => 5,
+        b"MESSAGE" => 6,
+        b"SUBSCRIBE" => 7,
+        b"NOTIFY" => 8,
+        b"REFER" => 9,
+        b"INFO" => 10,
+        b"UPDATE" => 11,
+        b"PRACK" => 12,
+        b"PUBLISH" => 13,
+        _ => METHODS.len() - 1,
+    }
 }
 
 /// The [`OUTCOMES`] index of an outcome; `None` is a request that needed no token.
@@ -245,6 +261,15 @@ mod tests {
         assert_eq!(METHODS[method_index(b"FOO sip:x SIP/2.0")], "other");
         assert_eq!(METHODS[method_index(b"")], "other");
         assert_eq!(METHODS[method_index(b"REGISTERX sip:x")], "other");
+        // Every label but the last is found where it stands in METHODS, case-sensitively.
+        for (i, name) in METHODS[..METHODS.len() - 1].iter().enumerate() {
+            assert_eq!(method_index(format!("{name} sip:x SIP/2.0").as_bytes()), i);
+            let lower = name.to_ascii_lowercase();
+            assert_eq!(
+                method_index(format!("{lower} sip:x").as_bytes()),
+                METHODS.len() - 1
+            );
+        }
     }
 
     #[test]

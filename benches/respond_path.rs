@@ -1,8 +1,10 @@
 //! The whole respond-mode path for a cached token (issue #2 target: at most 1 µs), done the way a
 //! shard's hot path does it (`src/shard/process.rs::process`):
 //!
-//! `Engine::begin` → `NeedToken` → `unix_now` → `TokenService::key` → `TokenService::with_cached` (hit, facts lent) →
-//! `Engine::finish(Lookup::Found)` → response bytes in a reused `out` buffer.
+//! `Engine::begin_then` → (the request lent where it was scanned) `TokenService::key` →
+//! `TokenService::with_cached` (hit, facts lent) → `Engine::finish_ready(Lookup::Found)` → response
+//! bytes in a reused `out` buffer. The clock is read once per iteration here; the server reads it
+//! once per batch.
 //!
 //! Beside it, the parts, so a reader sees where the time goes: token key hashing, the cache hit,
 //! `begin` alone, `finish` alone, the clock read; and the 401 challenge path (no Authorization),

@@ -41,7 +41,7 @@ cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
 per() { python3 -c "import sys; c, n, d = map(float, sys.argv[1:]); print(f'{c / $tck / n * 1e6:.2f} µs CPU per answer, {n / d:,.0f} answers/s')" "$@"; }
 # $1 $2: utime and stime ticks over the run, $3: answers, $4: seconds. User time is what sipward's
 # own code costs; on a busy host the kernel part moves with the load around it far more.
-split() { python3 -c "import sys; u, s, n, d = map(float, sys.argv[1:]); f = 1e6 / $tck / n; print(f'{(u + s) * f:.2f} µs CPU per answer (user {u * f:.2f}, kernel {s * f:.2f}), {n / d:,.0f} answers/s')" "$@"; }
+user_kernel() { python3 -c "import sys; u, s, n, d = map(float, sys.argv[1:]); f = 1e6 / $tck / n; print(f'{(u + s) * f:.2f} µs CPU per answer (user {u * f:.2f}, kernel {s * f:.2f}), {n / d:,.0f} answers/s')" "$@"; }
 answers() { python3 -c "import json,sys; print(sum(json.load(open(sys.argv[1]))['status'].values()))" "$1"; }
 started() { for _ in $(seq 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; cat "$1" >&2; return 1; }
 
@@ -59,12 +59,12 @@ load=(--tokens "$w/users.csv" --window "$WINDOW" --warmup-s 0 --duration-s "$DUR
 # $1: server pid, $2: port, $3: label
 measure() {
     local c0 c1 n
-    read -r -a c0 <<< "$(cpu "$1")"
+    c0=($(cpu "$1"))
     timeout $((DUR + 30)) taskset -c "$LOAD_CPU" "$B/sipward-load" register --target "127.0.0.1:$2" \
         "${load[@]}" > "$w/r.json" 2> "$w/r.err"
-    read -r -a c1 <<< "$(cpu "$1")"
+    c1=($(cpu "$1"))
     n=$(answers "$w/r.json")
-    echo "$3: $(split $((c1[0] - c0[0])) $((c1[1] - c0[1])) "$n" "$DUR")"
+    echo "$3: $(user_kernel $((c1[0] - c0[0])) $((c1[1] - c0[1])) "$n" "$DUR")"
 }
 first=$MODE
 [ "$MODE" = forward ] && first="respond, cached"

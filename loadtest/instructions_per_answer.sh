@@ -27,9 +27,12 @@ AP=$((20000 + RANDOM % 9990))
     --client-id load --client-secret load-secret 2> "$w/as.log" &
 pids+=($!)
 
-# $1: seconds of load; prints "instructions answers"
+# $1: seconds of load, $2: a name for the run; writes "instructions answers" to $w/$2.count. Run
+# in this shell, not in a command substitution, so that `set -e` and the trap's pid list hold.
 count() {
-    local sp=$((20000 + RANDOM % 9990)) vp n ir
+    local sp vp n ir
+    sp=$((20000 + RANDOM % 9990))
+    [ "$sp" -ne "$AP" ] || sp=$((sp + 1))
     cat > "$w/s.toml" <<T
 [server]
 udp = ["127.0.0.1:$sp"]
@@ -41,21 +44,35 @@ url = "http://127.0.0.1:$AP/introspect"
 client_id = "load"
 client_secret = "load-secret"
 T
-    valgrind --tool=callgrind --callgrind-out-file="$w/cg.out" "$B/sipward" --config "$w/s.toml" \
-        --log-level warn 2> "$w/vg.log" &
+    valgrind --tool=callgrind --callgrind-out-file="$w/$2.cg" "$B/sipward" --config "$w/s.toml" \
+        --log-level warn 2> "$w/$2.vg" &
     vp=$!
-    pids+=($vp)
-    for _ in $(seq 150); do ss -Hlnu "sport = :$sp" | grep -q . && break; sleep 0.2; done
+    pids+=("$vp")
+    local up=0
+    for _ in $(seq 150); do
+        if ss -Hlnu "sport = :$sp" | grep -q .; then up=1; break; fi
+        kill -0 "$vp" 2>/dev/null || break
+        sleep 0.2
+    done
+    [ "$up" -eq 1 ] || { echo "sipward did not listen on udp $sp:" >&2; cat "$w/$2.vg" >&2; exit 1; }
     # The cache is filled by the first request of each user; those misses are in both runs.
     timeout $(($1 + 60)) "$B/sipward-load" register --target "127.0.0.1:$sp" --tokens "$w/users.csv" \
-        --window "$WINDOW" --warmup-s 0 --duration-s "$1" --json > "$w/r.json" 2> "$w/r.err"
+        --window "$WINDOW" --warmup-s 0 --duration-s "$1" --json > "$w/$2.json" 2> "$w/$2.err"
     kill -INT "$vp"
     wait "$vp" 2>/dev/null || true
-    n=$(python3 -c "import json,sys; print(sum(json.load(open(sys.argv[1]))['status'].values()))" "$w/r.json")
-    ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$w/cg.out")
-    echo "$ir $n"
+    n=$(python3 -c "import json,sys; print(sum(json.load(open(sys.argv[1]))['status'].values()))" "$w/$2.json")
+    ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$w/$2.cg")
+    [ -n "$ir" ] || { echo "no callgrind totals for the $2 run:" >&2; cat "$w/$2.vg" >&2; exit 1; }
+    echo "$ir $n" > "$w/$2.count"
 }
-read -r i1 n1 <<< "$(count "$SHORT")"
-read -r i2 n2 <<< "$(count "$LONG")"
-python3 -c "import sys; i1, n1, i2, n2 = map(int, sys.argv[1:]); print(f'{(i2 - i1) / (n2 - n1):,.0f} instructions per answer ({n1:,} and {n2:,} answers)')" \
-    "$i1" "$n1" "$i2" "$n2"
+count "$SHORT" short
+count "$LONG" long
+read -r i1 n1 < "$w/short.count"
+read -r i2 n2 < "$w/long.count"
+python3 - "$i1" "$n1" "$i2" "$n2" <<'PY'
+import sys
+i1, n1, i2, n2 = map(int, sys.argv[1:])
+if not 0 < n1 < n2:
+    sys.exit(f"the runs answered {n1:,} and {n2:,} requests: the longer run must answer more")
+print(f"{(i2 - i1) / (n2 - n1):,.0f} instructions per answer ({n1:,} and {n2:,} answers)")
+PY

@@ -15,7 +15,9 @@
 //! empty body, its top Via names the source, and its status and challenge follow the profile
 //! table. An `Accept` needs an active, current token for the request's address of record, and a
 //! request that needs a token never gets a 2xx without one. `Silent` and `Dropped` leave the output
-//! untouched. With a selector byte the run is repeated and must give the same bytes.
+//! untouched. With a selector byte the run is repeated and must give the same bytes. The shard's
+//! own path (`Engine::begin_then` lending the request to `Engine::finish_ready`) must give the same
+//! `Done` and bytes as `begin` and `finish` for every lookup.
 
 #![no_main]
 
@@ -27,6 +29,7 @@ use sipward::auth::{
     response_for, Begin, ChallengeMode, Done, Engine, Lookup, Outcome, Policy, Profile,
     SourceError, TokenFacts,
 };
+use sipward::forward::Flow;
 use sipward::sip::reply::to_has_tag;
 use sipward::sip::{scan, Aor, HeaderKind, Message, Method, StartLine};
 
@@ -208,6 +211,27 @@ fn run(engine: &Engine, msg: &[u8], src: SocketAddr, answers: &[&Answer]) -> Vec
                 results.push((done, out.clone()));
             }
         }
+    }
+    // The shard's path, the lookup lent the request where it was scanned, answers as the two
+    // halves do.
+    let arrival = Flow::Udp(src);
+    let mut lent = Vec::new();
+    for answer in answers {
+        let mut out = Vec::new();
+        let done = engine.begin_then(msg, arrival, &mut out, |ready, out| {
+            assert!(std::ptr::eq(ready.msg.bytes(), msg));
+            engine.finish_ready(ready, arrival, answer.lookup(), NOW, out)
+        });
+        match done {
+            Ok(done) => lent.push((done, out)),
+            Err(done) => {
+                lent.push((done, out));
+                break;
+            }
+        }
+    }
+    if !answers.is_empty() {
+        assert_eq!(lent, results, "begin_then and finish_ready differ from begin and finish");
     }
     results
 }

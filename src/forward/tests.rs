@@ -457,16 +457,45 @@ mod engine {
         Engine::new(Policy::default(), 200, (1, 2)).with_forward(Some(fwd()))
     }
 
+    /// Both halves, as the slow path runs them; the shard's own path (`begin_then` lending the
+    /// request to `finish_ready`) must give the same, which every test here then checks too.
     fn run(e: &Engine, text: &str, from: SocketAddr, facts: Option<&TokenFacts>) -> (Done, String) {
+        run_on(e, text, Flow::Udp(from), facts)
+    }
+
+    fn run_on(e: &Engine, text: &str, arrival: Flow, facts: Option<&TokenFacts>) -> (Done, String) {
+        let lookup = facts.map_or(Lookup::NoSource, Lookup::Found);
         let mut out = Vec::new();
-        let done = match e.begin(text.as_bytes(), from, &mut out) {
+        let done = match e.begin_on(text.as_bytes(), arrival, &mut out) {
             Begin::Done(d) => d,
-            Begin::NeedToken(p) => {
-                let lookup = facts.map_or(Lookup::NoSource, Lookup::Found);
-                e.finish(&p, from, lookup, NOW, &mut out)
-            }
+            Begin::NeedToken(p) => e.finish_on(&p, arrival, lookup, NOW, &mut out),
         };
+        let mut lent = Vec::new();
+        let lent_done = e
+            .begin_then(text.as_bytes(), arrival, &mut lent, |ready, out| {
+                e.finish_ready(ready, arrival, lookup, NOW, out)
+            })
+            .unwrap_or_else(|done| done);
+        assert_eq!((lent_done, &lent), (done, &out), "begin_then differs");
         (done, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_tcp_client_is_relayed_with_its_flow() {
+        let e = engine();
+        let arrival = Flow::Tcp {
+            shard: 1,
+            conn: 7,
+            peer: client(),
+        };
+        let (done, out) = run_on(
+            &e,
+            &register("Authorization: Bearer tok\r\n"),
+            arrival,
+            Some(&alice()),
+        );
+        assert_eq!(done, Done::Forwarded(Dest::Upstream));
+        assert!(out.starts_with("REGISTER "), "{out}");
     }
 
     fn alice() -> TokenFacts {

@@ -7,9 +7,9 @@
 //! [`crate::auth::Engine`].
 //!
 //! What a live reload may change (the engine, the token source, the cache TTLs) sits behind
-//! `arc-swap` in [`Shared`] and is loaded once per message ([`reload`]). [`Server::shutdown`] stops
-//! the receive and accept loops, lets requests waiting on the token source finish within
-//! `[server] shutdown_grace_s`, and ends the shard threads.
+//! `arc-swap` in [`Shared`] and is loaded once per batch of messages ([`reload`],
+//! [`process::Turn`]). [`Server::shutdown`] stops the receive and accept loops, lets requests
+//! waiting on the token source finish within `[server] shutdown_grace_s`, and ends the shard threads.
 
 pub mod driver;
 pub mod process;

@@ -119,52 +119,55 @@ pub(super) async fn connection(
     'conn: loop {
         let mut pos = 0;
         let mut close = false;
-        // One per read, dropped before the awaits below (see `Turn`).
-        let turn = Turn::new(ctx);
-        loop {
-            match next_frame(&buf[pos..], max) {
-                Frame::Incomplete => break,
-                Frame::Skip(n) => pos += n,
-                Frame::Ping(n) => {
-                    pos += n;
-                    batch.extend_from_slice(b"\r\n");
-                }
-                Frame::Message(n) => {
-                    let msg = &buf[pos..pos + n];
-                    pos += n;
-                    let reply_to = || ReplyTo::Tcp(tx.clone());
-                    match process_on(ctx, &turn, msg, arrival, &mut out, reply_to) {
-                        Handled::Reply => batch.extend_from_slice(&out),
-                        Handled::Forward(dest) => relayed.push((dest, out.clone())),
-                        Handled::Nothing => {}
+        // One per read; its block ends before the awaits below (see `Turn`).
+        {
+            let turn = Turn::new(ctx);
+            loop {
+                match next_frame(&buf[pos..], max) {
+                    Frame::Incomplete => break,
+                    Frame::Skip(n) => pos += n,
+                    Frame::Ping(n) => {
+                        pos += n;
+                        batch.extend_from_slice(b"\r\n");
                     }
-                }
-                Frame::TooLarge => {
-                    bump(&ctx.stats.dropped_oversize);
-                    let head = &buf[pos..buf.len().min(pos + max)];
-                    let done = turn.engine().too_large(head, peer, &mut out);
-                    framing_reply(ctx, done, &out, &mut batch);
-                    close = true;
-                    break;
-                }
-                Frame::MissingContentLength(h) | Frame::BadContentLength(h) => {
-                    let reason =
-                        if matches!(next_frame(&buf[pos..], max), Frame::MissingContentLength(_)) {
+                    Frame::Message(n) => {
+                        let msg = &buf[pos..pos + n];
+                        pos += n;
+                        let reply_to = || ReplyTo::Tcp(tx.clone());
+                        match process_on(ctx, &turn, msg, arrival, &mut out, reply_to) {
+                            Handled::Reply => batch.extend_from_slice(&out),
+                            Handled::Forward(dest) => relayed.push((dest, out.clone())),
+                            Handled::Nothing => {}
+                        }
+                    }
+                    Frame::TooLarge => {
+                        bump(&ctx.stats.dropped_oversize);
+                        let head = &buf[pos..buf.len().min(pos + max)];
+                        let done = turn.engine().too_large(head, peer, &mut out);
+                        framing_reply(ctx, done, &out, &mut batch);
+                        close = true;
+                        break;
+                    }
+                    Frame::MissingContentLength(h) | Frame::BadContentLength(h) => {
+                        let reason = if matches!(
+                            next_frame(&buf[pos..], max),
+                            Frame::MissingContentLength(_)
+                        ) {
                             "Missing Content-Length header"
                         } else {
                             "Malformed Content-Length header"
                         };
-                    let done =
-                        turn.engine()
-                            .bad_framing(&buf[pos..pos + h], reason, peer, &mut out);
-                    framing_reply(ctx, done, &out, &mut batch);
-                    // Without a length the next message's start is unknown: the stream is lost.
-                    close = true;
-                    break;
+                        let done =
+                            turn.engine()
+                                .bad_framing(&buf[pos..pos + h], reason, peer, &mut out);
+                        framing_reply(ctx, done, &out, &mut batch);
+                        // Without a length the next message's start is unknown: the stream is lost.
+                        close = true;
+                        break;
+                    }
                 }
             }
         }
-        drop(turn);
         for (dest, bytes) in relayed.drain(..) {
             super::relay::deliver(ctx, dest, bytes).await;
         }

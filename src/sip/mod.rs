@@ -162,7 +162,7 @@ mod tests {
 
     /// Every string of up to five bytes over white space, controls and ordinary bytes.
     pub(crate) fn short_strings() -> impl Iterator<Item = Vec<u8>> {
-        const ALPHABET: [u8; 7] = [b' ', b'\t', b'\r', b'\n', b'a', 0x01, 0x7f];
+        const ALPHABET: [u8; 8] = [b' ', b'\t', b'\r', b'\n', b'a', 0x01, 0x7f, 0xff];
         (0..=5u32).flat_map(|len| {
             (0..ALPHABET.len().pow(len)).map(move |mut n| {
                 (0..len)

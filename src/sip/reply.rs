@@ -90,8 +90,9 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8], folded: bool) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `n` in decimal. One out-of-line copy of the digit writer serves the status code, the
-/// port and the expiry (see [`put_header`] on why).
+/// Appends `n` in decimal: a Contact's expiry, a status code outside 100 to 999, an IPv6 source's
+/// port. Out of line (see [`put_header`] on why); the usual status code and IPv4 port are written in
+/// place.
 #[inline(never)]
 fn put_decimal(out: &mut Vec<u8>, n: u32) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -157,7 +158,7 @@ fn put_received(out: &mut Vec<u8>, source: SocketAddr) {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "{}", source.ip());
         out.extend_from_slice(b";rport=");
-        out.extend_from_slice(itoa::Buffer::new().format(source.port()).as_bytes());
+        put_decimal(out, source.port().into());
         out.extend_from_slice(b"\r\n");
         return;
     };
@@ -265,22 +266,28 @@ pub fn start_response_with_tag(
     to_tag: Option<&[u8]>,
 ) {
     out.clear();
-    // Status codes are three digits (100 to 699: the engine sends no other), written in place.
-    let code = code.clamp(100, 699);
-    out.extend_from_slice(&[
-        b'S',
-        b'I',
-        b'P',
-        b'/',
-        b'2',
-        b'.',
-        b'0',
-        b' ',
-        b'0' + (code / 100) as u8,
-        b'0' + (code / 10 % 10) as u8,
-        b'0' + (code % 10) as u8,
-        b' ',
-    ]);
+    // A status code is three digits (the engine sends 100 to 699), written in place; anything
+    // else is written as it is rather than bent into shape.
+    if !(100..1000).contains(&code) {
+        out.extend_from_slice(b"SIP/2.0 ");
+        put_decimal(out, code.into());
+        out.push(b' ');
+    } else {
+        out.extend_from_slice(&[
+            b'S',
+            b'I',
+            b'P',
+            b'/',
+            b'2',
+            b'.',
+            b'0',
+            b' ',
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+            b' ',
+        ]);
+    }
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let folded = req.has_folding();

@@ -217,7 +217,9 @@ impl TokenService {
         key: TokenKey,
         now: u64,
     ) -> Result<Arc<TokenFacts>, Unresolved> {
-        let settings = self.settings.load();
+        // An Arc, not a guard: this is held across the wait below, and a guard would keep one of
+        // the thread's few arc-swap debt slots for as long as the source takes.
+        let settings = self.settings.load_full();
         let source = settings.source.as_ref().ok_or(Unresolved::NoSource)?;
         let (flight, leader) = self.flights.join(key.0);
         if leader {

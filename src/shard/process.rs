@@ -33,9 +33,10 @@ pub struct ShardCtx {
 /// What a shard reads once per batch of messages (one `recvmmsg` round, one TCP read) instead of
 /// once per message: the engine, whether a token source is configured, and the clock. Each read
 /// of an `ArcSwap` writes a debt slot and clears it with a locked instruction, and the clock is a
-/// vDSO call; per message they cost about as much as judging the token. A reload takes effect
-/// from the next batch, microseconds later; `now` is Unix seconds, which a batch does not outlast
-/// by any amount the token rules can see.
+/// vDSO call (per message, perf put the clock at 0.44% of the shard's samples under cached load,
+/// a sixtieth of sipward's own time). A reload takes effect from the next batch, microseconds
+/// later. `now` is in whole seconds and a batch lasts microseconds: a token is at most accepted
+/// for the rest of a batch that began in its last valid second.
 ///
 /// Not to be held across an await: the engine guard takes one of the thread's few debt slots.
 pub struct Turn {

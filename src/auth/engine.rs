@@ -210,7 +210,7 @@ impl Engine {
         }
     }
 
-    /// [`Engine::begin_on`] for a caller that looks the token up at once (a cache hit): `then` is
+    /// [`Engine::begin_on`] for a caller that looks the token up at once (its cache): `then` is
     /// lent the request where it was scanned and returns what the caller makes of it; `Err` is how
     /// a request that needs no lookup ended. Nothing of the message is moved on the way, unlike the
     /// [`Pending`] that [`Engine::begin_on`] returns.

@@ -441,7 +441,9 @@ fn name_run(bytes: &[u8]) -> usize {
 /// Start and end of `s` without surrounding white space; `None` when it is all white space.
 #[inline]
 fn content_bounds(s: &[u8]) -> Option<(usize, usize)> {
-    // `Name: value`: one space before the value and nothing after it, settled without a loop.
+    // `Name: value`: one space before the value and nothing after it, settled without a loop. The
+    // same shape as `trim_lws`'s, kept here as offsets: deriving them from `trim_lws`'s slice cost
+    // 16 instructions a header line more (callgrind, `examples/respond_loop.rs`).
     if let [b' ', second, .., last] = s {
         if *second > b' ' && *last > b' ' {
             return Some((1, s.len()));

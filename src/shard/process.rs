@@ -11,6 +11,7 @@ use super::stats::{bump, method_index, outcome_index, ShardStats, SILENT};
 use super::Shared;
 use crate::auth::{Begin, Done, Engine, Lookup, Outcome, SourceError};
 use crate::forward::{Dest, Flow};
+use crate::token::cache::{Pinned, Snapshot};
 use crate::token::{unix_now, Unresolved};
 
 /// Requests a shard lets wait for the token source at once; past that they are answered as if the
@@ -38,11 +39,15 @@ pub struct ShardCtx {
 /// later. `now` is in whole seconds and a batch lasts microseconds: a token is at most accepted
 /// for the rest of a batch that began in its last valid second.
 ///
+/// The token cache is held the same way (see [`crate::token::cache::Snapshot`]): [`Turn::reads`]
+/// pins it for the batch.
+///
 /// Not to be held across an await: the engine guard takes one of the thread's few debt slots.
 pub struct Turn {
     engine: arc_swap::Guard<Arc<Engine>>,
     has_source: bool,
     now: u64,
+    cache: Snapshot,
 }
 
 impl Turn {
@@ -52,12 +57,29 @@ impl Turn {
             engine: ctx.shared.engine.load(),
             has_source: ctx.shared.tokens.has_source(),
             now: unix_now(),
+            cache: ctx.shared.tokens.snapshot(),
         }
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// What [`process`] reads for each message of the batch, with the token cache pinned.
+    #[inline]
+    pub fn reads(&self) -> Reads<'_> {
+        Reads {
+            turn: self,
+            cache: self.cache.pin(),
+        }
+    }
+}
+
+/// A [`Turn`] with its cache snapshot pinned. Not to be held across an await either: the pin
+/// keeps entries removed meanwhile from being freed.
+pub struct Reads<'t> {
+    turn: &'t Turn,
+    cache: Pinned<'t>,
 }
 
 /// Where a deferred response goes.
@@ -145,25 +167,26 @@ fn rejected(data: &[u8], src: SocketAddr, outcome: Outcome, code: u16) {
 /// when the answer must wait for the token source.
 pub fn process(
     ctx: &Rc<ShardCtx>,
-    turn: &Turn,
+    reads: &Reads<'_>,
     data: &[u8],
     src: SocketAddr,
     out: &mut Vec<u8>,
     reply_to: impl FnOnce() -> ReplyTo,
 ) -> Handled {
-    process_on(ctx, turn, data, Flow::Udp(src), out, reply_to)
+    process_on(ctx, reads, data, Flow::Udp(src), out, reply_to)
 }
 
 /// [`process`] for a message that arrived on `arrival` (a TCP connection names itself).
 pub fn process_on(
     ctx: &Rc<ShardCtx>,
-    turn: &Turn,
+    reads: &Reads<'_>,
     data: &[u8],
     arrival: Flow,
     out: &mut Vec<u8>,
     reply_to: impl FnOnce() -> ReplyTo,
 ) -> Handled {
     bump(&ctx.stats.received);
+    let turn = reads.turn;
     let engine = turn.engine();
     let src = arrival.peer();
     let tokens = &ctx.shared.tokens;
@@ -175,7 +198,7 @@ pub fn process_on(
             return Some(engine.finish_ready(ready, arrival, Lookup::NoSource, now, out));
         }
         let key = tokens.key(ready.token);
-        let hit = tokens.with_cached(key, now, |facts| {
+        let hit = tokens.with_pinned(&reads.cache, key, now, |facts| {
             engine.finish_ready(ready, arrival, Lookup::Found(facts), now, out)
         });
         if hit.is_some() {

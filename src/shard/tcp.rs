@@ -122,6 +122,7 @@ pub(super) async fn connection(
         // One per read; its block ends before the awaits below (see `Turn`).
         {
             let turn = Turn::new(ctx);
+            let reads = turn.reads();
             loop {
                 match next_frame(&buf[pos..], max) {
                     Frame::Incomplete => break,
@@ -134,7 +135,7 @@ pub(super) async fn connection(
                         let msg = &buf[pos..pos + n];
                         pos += n;
                         let reply_to = || ReplyTo::Tcp(tx.clone());
-                        match process_on(ctx, &turn, msg, arrival, &mut out, reply_to) {
+                        match process_on(ctx, &reads, msg, arrival, &mut out, reply_to) {
                             Handled::Reply => batch.extend_from_slice(&out),
                             Handled::Forward(dest) => relayed.push((dest, out.clone())),
                             Handled::Nothing => {}

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use monoio::net::udp::UdpSocket;
 use socket2::SockAddr;
 
-use super::process::{process, Handled, ReplyTo, ShardCtx, Turn};
+use super::process::{process, Handled, Reads, ReplyTo, ShardCtx, Turn};
 use super::stats::bump;
 
 /// Datagrams handled per wake-up: the awaited one plus what one `recvmmsg` drains.
@@ -59,7 +59,7 @@ pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
         match res {
             Ok((n, src)) => take(
                 &ctx,
-                &Turn::new(&ctx),
+                &Turn::new(&ctx).reads(),
                 &sock,
                 &first[..n.min(first.len())],
                 n > max,
@@ -81,10 +81,11 @@ pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
             if got > 0 {
                 // Dropped before the flush below awaits (see `Turn`).
                 let turn = Turn::new(&ctx);
+                let reads = turn.reads();
                 for i in 0..got {
                     match rx.datagram(i, max) {
                         Some((data, oversize, src)) => {
-                            take(&ctx, &turn, &sock, data, oversize, src, &mut tx)
+                            take(&ctx, &reads, &sock, data, oversize, src, &mut tx)
                         }
                         None => tracing::debug!(
                             shard = ctx.id,
@@ -104,7 +105,7 @@ pub async fn serve(sock: UdpSocket, ctx: Rc<ShardCtx>) {
 /// Processes one datagram; an immediate response is queued in `tx` for the batch's `sendmmsg`.
 fn take(
     ctx: &Rc<ShardCtx>,
-    turn: &Turn,
+    reads: &Reads<'_>,
     sock: &Rc<UdpSocket>,
     data: &[u8],
     oversize: bool,
@@ -116,7 +117,7 @@ fn take(
         tracing::debug!(shard = ctx.id, %src, "oversized datagram dropped");
         return;
     }
-    let handled = process(ctx, turn, data, src, tx.next_out(), || {
+    let handled = process(ctx, reads, data, src, tx.next_out(), || {
         ReplyTo::Udp(sock.clone(), src)
     });
     match handled {

@@ -2,7 +2,9 @@
 //! it is no longer served.
 //!
 //! Reads are lock-free: an `ArcSwap` load (thread-local, no shared write) and a papaya lookup (an
-//! epoch guard, no shared write). A hit lends the facts to a closure instead of cloning them out, so
+//! epoch guard, no shared write). A shard reads through a [`Snapshot`] taken once per batch of
+//! messages instead: an `Arc` of each generation (a shared reference count, written twice a
+//! batch) and one pin of each, where per lookup the loads and pins cost locked instructions. A hit lends the facts to a closure instead of cloning them out, so
 //! shards reading one popular token do not fight over a reference count's cache line.
 //! BENCHMARKS.md has the comparison that chose papaya (dashmap, quick_cache, moka, and a
 //! `Mutex<HashMap>` baseline).
@@ -25,6 +27,39 @@ use arc_swap::ArcSwap;
 
 use super::TokenKey;
 use crate::auth::TokenFacts;
+
+/// The cache's two generations held for a run of lookups. Per lookup, loading each generation
+/// from its `ArcSwap` writes a debt slot and pays it back with a locked instruction, and pinning a
+/// map enters and leaves its epoch with another (an `xchg`); perf put those locked instructions
+/// among the hottest of the shard's own code under cached load. A snapshot loads both once (an
+/// `Arc` each) and [`Snapshot::pin`] pins them once. A rotation while it is held is seen by the
+/// next snapshot: until then a token inserted after it may be missed and looked up again.
+pub struct Snapshot {
+    young: Arc<Generation>,
+    old: Arc<Generation>,
+}
+
+impl Snapshot {
+    /// Pins both generations. Holding the pin delays the freeing of entries removed meanwhile,
+    /// so it is held for a batch, never across an await.
+    #[inline]
+    pub fn pin(&self) -> Pinned<'_> {
+        Pinned {
+            young: &self.young,
+            young_guard: self.young.guard(),
+            old: &self.old,
+            old_guard: self.old.guard(),
+        }
+    }
+}
+
+/// A [`Snapshot`]'s generations, pinned: what [`TokenCache::with_pinned`] reads through.
+pub struct Pinned<'s> {
+    young: &'s Generation,
+    young_guard: papaya::LocalGuard<'s>,
+    old: &'s Generation,
+    old_guard: papaya::LocalGuard<'s>,
+}
 
 /// Passes a key that is already a keyed hash through (folded to 64 bits).
 #[derive(Default)]
@@ -89,13 +124,32 @@ impl TokenCache {
     /// served.
     #[inline]
     pub fn with<R>(&self, key: TokenKey, now: u64, f: impl FnOnce(&TokenFacts) -> R) -> Option<R> {
-        let young = self.young.load();
-        if let Some(e) = young.pin().get(&key.0) {
+        self.with_pinned(&self.snapshot().pin(), key, now, f)
+    }
+
+    /// Both generations as they are now, for a run of lookups (a shard's batch) that should not
+    /// each pay for loading and pinning them: see [`Snapshot`].
+    #[inline]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            young: self.young.load_full(),
+            old: self.old.load_full(),
+        }
+    }
+
+    /// [`TokenCache::with`] through generations loaded and pinned once for many lookups.
+    #[inline]
+    pub fn with_pinned<R>(
+        &self,
+        pinned: &Pinned<'_>,
+        key: TokenKey,
+        now: u64,
+        f: impl FnOnce(&TokenFacts) -> R,
+    ) -> Option<R> {
+        if let Some(e) = pinned.young.get(&key.0, &pinned.young_guard) {
             return (now < e.until).then(|| f(&e.facts));
         }
-        let old = self.old.load();
-        let map = old.pin();
-        let e = map.get(&key.0)?;
+        let e = pinned.old.get(&key.0, &pinned.old_guard)?;
         if now >= e.until {
             return None;
         }
@@ -196,6 +250,43 @@ mod tests {
         // The young generation (two entries) is now old.
         assert!(c.with(TokenKey(1), 99, |_| ()).is_some());
         assert!(c.with(TokenKey(2), 100, |_| ()).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_held_for_a_batch_serves_what_a_fresh_lookup_would() {
+        // Three entries a generation.
+        let c = TokenCache::new(6);
+        c.insert(TokenKey(1), facts(), 100, 0);
+        let snap = c.snapshot();
+        {
+            let pinned = snap.pin();
+            // Inserted after the snapshot, into the generation it holds: seen.
+            c.insert(TokenKey(2), facts(), 100, 0);
+            for key in [1, 2] {
+                assert!(c.with_pinned(&pinned, TokenKey(key), 99, |_| ()).is_some());
+                assert!(c.with_pinned(&pinned, TokenKey(key), 100, |_| ()).is_none());
+            }
+            assert!(c.with_pinned(&pinned, TokenKey(3), 0, |_| ()).is_none());
+        }
+        // 3 fills the young generation, which rotates: 1, 2 and 3 are old, and 4 goes into a
+        // young generation the held snapshot does not have. It still serves what it holds and
+        // misses 4 (a lookup at the source, as documented); a new snapshot finds both, and its
+        // hit in the old generation carries 1 forward.
+        c.insert(TokenKey(3), facts(), 100, 0);
+        c.insert(TokenKey(4), facts(), 100, 0);
+        assert!(c.with_pinned(&snap.pin(), TokenKey(1), 0, |_| ()).is_some());
+        assert!(c.with_pinned(&snap.pin(), TokenKey(3), 0, |_| ()).is_some());
+        assert!(c.with_pinned(&snap.pin(), TokenKey(4), 0, |_| ()).is_none());
+        let fresh = c.snapshot();
+        assert!(c
+            .with_pinned(&fresh.pin(), TokenKey(4), 0, |_| ())
+            .is_some());
+        assert!(c
+            .with_pinned(&fresh.pin(), TokenKey(1), 0, |_| ())
+            .is_some());
+        let young = c.young.load();
+        assert!(young.pin().get(&1).is_some(), "carried forward");
+        assert!(young.pin().get(&2).is_none(), "not in use, not carried");
     }
 
     #[test]

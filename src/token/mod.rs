@@ -198,6 +198,24 @@ impl TokenService {
         self.cache.with(key, now, f)
     }
 
+    /// The cache held for a batch of lookups: see [`cache::Snapshot`].
+    #[inline]
+    pub fn snapshot(&self) -> cache::Snapshot {
+        self.cache.snapshot()
+    }
+
+    /// [`TokenService::with_cached`] through a pinned [`cache::Snapshot`].
+    #[inline]
+    pub fn with_pinned<R>(
+        &self,
+        pinned: &cache::Pinned<'_>,
+        key: TokenKey,
+        now: u64,
+        f: impl FnOnce(&TokenFacts) -> R,
+    ) -> Option<R> {
+        self.cache.with_pinned(pinned, key, now, f)
+    }
+
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }

@@ -14,7 +14,7 @@ use crate::forward::{Dest, Flow, Forwarder, Refusal, Relay};
 use crate::sip::addr::Aor;
 use crate::sip::reply::{finish_response, put_register_contacts, start_response_with_tag, ToState};
 use crate::sip::scan::Problem;
-use crate::sip::{scan, HeaderKind, Message, Method, Parties, ScanError};
+use crate::sip::{scan, scan_into, HeaderKind, Message, Method, Parties, ScanError};
 
 use super::policy::{assess_checked, ChallengeMode, Need, Policy};
 use super::verdict::{judge, response_for, Lookup, Outcome};
@@ -233,11 +233,11 @@ impl Engine {
         out: &mut Vec<u8>,
         then: impl FnOnce(Ready<'_, 'a>, &mut Vec<u8>) -> R,
     ) -> Result<R, Done> {
-        let scanned = scan(bytes);
-        let msg = match &scanned {
-            Ok(msg) => msg,
-            Err(e) => return Err(Done::Dropped(DropReason::Unparseable(*e))),
-        };
+        let mut msg = Message::unscanned(bytes);
+        if let Err(e) = scan_into(&mut msg) {
+            return Err(Done::Dropped(DropReason::Unparseable(e)));
+        }
+        let msg = &msg;
         let (parties, token) = self.decide(msg, arrival, out)?;
         Ok(then(
             Ready {

@@ -12,7 +12,9 @@ pub mod reply;
 pub mod scan;
 
 pub use addr::{parse_name_addr, parse_uri, Aor, NameAddr, Scheme, Uri};
-pub use scan::{scan, Header, HeaderKind, Message, Method, Parties, Party, ScanError, StartLine};
+pub use scan::{
+    scan, scan_into, Header, HeaderKind, Message, Method, Parties, Party, ScanError, StartLine,
+};
 
 /// Linear white space inside a header value: folding leaves CR and LF inside a value's range.
 #[inline]

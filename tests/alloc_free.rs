@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use sipward::auth::{bearer, Begin, Credentials, Done, Engine, Lookup, Outcome, Policy};
 use sipward::config::CacheConfig;
+use sipward::forward::Flow;
 use sipward::sip::{scan, Aor, HeaderKind};
 use sipward::token::{StaticTokens, TokenHasher, TokenService};
 
@@ -132,7 +133,9 @@ fn cached_service() -> (TokenService, u64) {
     (svc, now)
 }
 
-/// `msg` through `engine` with its token answered from `svc`'s cache, as a shard's hit path runs.
+/// `msg` through `engine` with its token answered from `svc`'s cache, as a shard's hit path runs
+/// (`shard::process`): the cache's snapshot taken and pinned (per batch there), the request lent
+/// where the engine scanned it.
 fn pass_cached(
     engine: &Engine,
     svc: &TokenService,
@@ -141,14 +144,18 @@ fn pass_cached(
     now: u64,
     out: &mut Vec<u8>,
 ) -> Done {
-    let Begin::NeedToken(p) = engine.begin(msg, src, out) else {
-        panic!("a token is needed");
-    };
-    let key = svc.key(p.token);
-    svc.with_cached(key, now, |facts| {
-        engine.finish(&p, src, Lookup::Found(facts), now, out)
-    })
-    .expect("cached")
+    let snapshot = svc.snapshot();
+    let pinned = snapshot.pin();
+    let arrival = Flow::Udp(src);
+    engine
+        .begin_then(msg, arrival, out, |ready, out| {
+            let key = svc.key(ready.token);
+            svc.with_pinned(&pinned, key, now, |facts| {
+                engine.finish_ready(ready, arrival, Lookup::Found(facts), now, out)
+            })
+            .expect("cached")
+        })
+        .unwrap_or_else(|done| panic!("a token is needed, got {done:?}"))
 }
 
 #[test]

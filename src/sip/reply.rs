@@ -429,7 +429,7 @@ fn put_contact_by_parameter(
 }
 
 /// Whether a Contact's parameters (empty, or starting with `;`, as [`parse_name_addr`] gives
-/// them) are written back exactly as the parameter loop of [`put_contact`] would write them, and
+/// them) are written back exactly as [`put_contact_by_parameter`] would write them, and
 /// hold no `expires`: no white space (nothing to trim or unfold), no `x` or `X` anywhere (so no
 /// parameter is named `expires`), no `;;` and no `;` at the end (no empty parameter to leave
 /// out). Eight bytes at a time; a softphone's `;+sip.instance="<urn:uuid:…>";reg-id=1` passes, and
@@ -586,7 +586,7 @@ Contact: <sip:a@5.6.7.8>;q=0.5;expires=120\r\n"
     fn contacts_copied_whole_read_as_written_parameter_by_parameter() {
         // Every sequence of up to four pieces, among them the ones that must send a Contact the
         // general way (white space, an `x`, an empty parameter, `expires`, quotes).
-        const PIECES: [&str; 14] = [
+        const PIECES: [&str; 16] = [
             ";",
             ";;",
             "q=0.5",
@@ -601,6 +601,8 @@ Contact: <sip:a@5.6.7.8>;q=0.5;expires=120\r\n"
             ";expires=30",
             ";EXPIRES=0",
             "a;b",
+            "\u{80}",
+            "\u{ff}",
         ];
         let mut fast = 0;
         for len in 0..=4u32 {
@@ -616,11 +618,13 @@ Contact: <sip:a@5.6.7.8>;q=0.5;expires=120\r\n"
                 };
                 fast += usize::from(params_go_out_as_written(na.params));
                 for header_expires in [None, Some(0), Some(60)] {
-                    let mut whole = Vec::new();
-                    put_contact(&mut whole, contact.as_bytes(), header_expires, false);
-                    let mut general = Vec::new();
-                    put_contact_by_parameter(&mut general, na, header_expires, false);
-                    assert_eq!(whole, general, "{contact:?} {header_expires:?}");
+                    for folded in [false, true] {
+                        let mut whole = Vec::new();
+                        put_contact(&mut whole, contact.as_bytes(), header_expires, folded);
+                        let mut general = Vec::new();
+                        put_contact_by_parameter(&mut general, na, header_expires, folded);
+                        assert_eq!(whole, general, "{contact:?} {header_expires:?} {folded}");
+                    }
                 }
             }
         }

@@ -1,10 +1,10 @@
 //! The token cache shared by every shard: token hash → facts, each entry with the second from which
 //! it is no longer served.
 //!
-//! Reads are lock-free: an `ArcSwap` load (thread-local, no shared write) and a papaya lookup (an
-//! epoch guard, no shared write). A shard reads through a [`Snapshot`] taken once per batch of
-//! messages instead: an `Arc` of each generation (a shared reference count, written twice a
-//! batch) and one pin of each, where per lookup the loads and pins cost locked instructions. A hit lends the facts to a closure instead of cloning them out, so
+//! Reads are lock-free: each generation is loaded from an `ArcSwap` (a thread-local debt slot, no
+//! shared write) and looked up in papaya under an epoch guard (no shared write). [`TokenCache::with`]
+//! does that per lookup; a shard does it once per batch of messages through a [`Snapshot`], since
+//! each load and pin costs locked instructions (on thread-local lines, but still tens of cycles). A hit lends the facts to a closure instead of cloning them out, so
 //! shards reading one popular token do not fight over a reference count's cache line.
 //! BENCHMARKS.md has the comparison that chose papaya (dashmap, quick_cache, moka, and a
 //! `Mutex<HashMap>` baseline).
@@ -31,12 +31,19 @@ use crate::auth::TokenFacts;
 /// The cache's two generations held for a run of lookups. Per lookup, loading each generation
 /// from its `ArcSwap` writes a debt slot and pays it back with a locked instruction, and pinning a
 /// map enters and leaves its epoch with another (an `xchg`); perf put those locked instructions
-/// among the hottest of the shard's own code under cached load. A snapshot loads both once (an
-/// `Arc` each) and [`Snapshot::pin`] pins them once. A rotation while it is held is seen by the
-/// next snapshot: until then a token inserted after it may be missed and looked up again.
+/// among the hottest of the shard's own code under cached load. A snapshot loads both once and
+/// [`Snapshot::pin`] pins them once. It holds `ArcSwap` guards, not `Arc`s: a guard takes one of
+/// the thread's debt slots, where cloning the `Arc` would write a reference count every shard
+/// shares, twice a batch.
+///
+/// A rotation while a snapshot is held is seen by the next one. Until then the snapshot reads the
+/// generations as they were: a token inserted after the rotation is missed (looked up at the
+/// source again), and a hit in what was young and is now old is not carried into the new young
+/// generation (so it is retired one rotation early if it is not looked up again meanwhile).
+/// Neither serves anything expired or wrong.
 pub struct Snapshot {
-    young: Arc<Generation>,
-    old: Arc<Generation>,
+    young: arc_swap::Guard<Arc<Generation>>,
+    old: arc_swap::Guard<Arc<Generation>>,
 }
 
 impl Snapshot {
@@ -132,8 +139,8 @@ impl TokenCache {
     #[inline]
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            young: self.young.load_full(),
-            old: self.old.load_full(),
+            young: self.young.load(),
+            old: self.old.load(),
         }
     }
 
@@ -253,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_held_for_a_batch_serves_what_a_fresh_lookup_would() {
+    fn a_snapshot_reads_the_generations_as_they_were_when_taken() {
         // Three entries a generation.
         let c = TokenCache::new(6);
         c.insert(TokenKey(1), facts(), 100, 0);
@@ -269,14 +276,20 @@ mod tests {
             assert!(c.with_pinned(&pinned, TokenKey(3), 0, |_| ()).is_none());
         }
         // 3 fills the young generation, which rotates: 1, 2 and 3 are old, and 4 goes into a
-        // young generation the held snapshot does not have. It still serves what it holds and
-        // misses 4 (a lookup at the source, as documented); a new snapshot finds both, and its
-        // hit in the old generation carries 1 forward.
+        // young generation the held snapshot does not have. It still serves what it holds (as
+        // young, so without carrying it forward) and misses 4 (a lookup at the source, as
+        // documented); a new snapshot finds both, and its hit in the old generation carries 1
+        // forward.
         c.insert(TokenKey(3), facts(), 100, 0);
         c.insert(TokenKey(4), facts(), 100, 0);
         assert!(c.with_pinned(&snap.pin(), TokenKey(1), 0, |_| ()).is_some());
         assert!(c.with_pinned(&snap.pin(), TokenKey(3), 0, |_| ()).is_some());
+        assert!(
+            c.young.load().pin().get(&3).is_none(),
+            "not carried by the old snapshot"
+        );
         assert!(c.with_pinned(&snap.pin(), TokenKey(4), 0, |_| ()).is_none());
+        drop(snap);
         let fresh = c.snapshot();
         assert!(c
             .with_pinned(&fresh.pin(), TokenKey(4), 0, |_| ())

@@ -216,7 +216,7 @@ fn candidates() -> Vec<(&'static str, Arc<dyn Cache>)> {
 fn keys() -> Vec<u128> {
     let h = sipward::token::TokenHasher::new((7, 9));
     (0..ENTRIES)
-        .map(|i| h.key(&format!("token-{i}")).0)
+        .map(|i| h.key(format!("token-{i}")).0)
         .collect()
 }
 

@@ -33,7 +33,7 @@ struct Extracted<'a> {
     top_via: &'a [u8],
     aor_user: &'a [u8],
     aor_host: &'a [u8],
-    token: &'a str,
+    token: &'a [u8],
 }
 
 fn sipward_extract(buf: &[u8]) -> Option<Extracted<'_>> {
@@ -47,7 +47,7 @@ fn sipward_extract(buf: &[u8]) -> Option<Extracted<'_>> {
         top_via,
         aor_user: aor.user,
         aor_host: aor.host,
-        token,
+        token: token.as_bytes(),
     })
 }
 
@@ -115,8 +115,8 @@ fn bench_scan(c: &mut Criterion) {
     assert_eq!(ours.top_via, naive.0.as_bytes());
     assert_eq!(ours.aor_user, naive.1.as_bytes());
     assert_eq!(ours.aor_host, naive.2.as_bytes());
-    assert_eq!(ours.token, naive.3);
-    assert_eq!(ours.token, TOKEN);
+    assert_eq!(ours.token, naive.3.as_bytes());
+    assert_eq!(ours.token, TOKEN.as_bytes());
     let scanned = scan(&msg).unwrap();
     assert_eq!(scanned.headers().len(), 13);
     assert!(scanned.check_request().is_ok());

@@ -23,7 +23,7 @@ fn main() {
     const N: usize = 1_000_000;
     let hasher = TokenHasher::new((1, 2));
     let keys: Vec<_> = (0..N)
-        .map(|i| hasher.key(&format!("access-token-{i:08}")))
+        .map(|i| hasher.key(format!("access-token-{i:08}")))
         .collect();
     // Generations hold half the bound each: a bound of 2N keeps all N in the young one, so RSS
     // counts exactly N entries.

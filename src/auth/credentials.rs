@@ -2,12 +2,65 @@
 
 use crate::sip::{HeaderKind, Message};
 
+/// A bearer token as received: bytes that passed the b64token check (RFC 6750 2.1), so ASCII.
+/// Kept as bytes because the hot path only hashes them (the cache key): checking them again as
+/// UTF-8 to hold a `&str` cost 143 instructions a request; [`BearerToken::as_str`] does it where
+/// a string is needed (a request to the token source). `Debug` shows its length, not the token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BearerToken<'a>(&'a [u8]);
+
+impl<'a> BearerToken<'a> {
+    /// `token` if it is a b64token.
+    pub fn new(token: &'a [u8]) -> Option<BearerToken<'a>> {
+        is_b64token(token).then_some(BearerToken(token))
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The token as a string. A b64token is ASCII, so this never comes out empty for a
+    /// token that is not.
+    pub fn as_str(&self) -> &'a str {
+        std::str::from_utf8(self.0).unwrap_or_default()
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for BearerToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerToken({} bytes)", self.0.len())
+    }
+}
+
+impl AsRef<[u8]> for BearerToken<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.0
+    }
+}
+
+impl PartialEq<&str> for BearerToken<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credentials<'a> {
     /// No Bearer credentials (there may be credentials of another scheme, e.g. Digest).
     Absent,
     /// The b64token of the one Bearer credential.
-    Bearer(&'a str),
+    Bearer(BearerToken<'a>),
     /// Bearer credentials that cannot be used; the reason names the defect.
     Malformed(&'static str),
 }
@@ -56,10 +109,10 @@ pub fn bearer<'a>(msg: &Message<'a>, kind: HeaderKind) -> Credentials<'a> {
             return Credentials::Malformed("Two Bearer credentials");
         }
         let token = crate::sip::trim_lws(&value[scheme_end..]);
-        found = match std::str::from_utf8(token) {
-            Ok(t) if is_b64token(token) => Credentials::Bearer(t),
-            _ if token.is_empty() => Credentials::Malformed("Empty Bearer credentials"),
-            _ => Credentials::Malformed("Malformed Bearer token"),
+        found = match BearerToken::new(token) {
+            Some(t) => Credentials::Bearer(t),
+            None if token.is_empty() => Credentials::Malformed("Empty Bearer credentials"),
+            None => Credentials::Malformed("Malformed Bearer token"),
         };
     }
     found
@@ -80,15 +133,15 @@ mod tests {
     fn bearer_scheme_is_case_insensitive() {
         assert_eq!(
             creds("Authorization: Bearer abc.DEF-_~+/==\r\n"),
-            Credentials::Bearer("abc.DEF-_~+/==")
+            Credentials::Bearer(BearerToken(b"abc.DEF-_~+/=="))
         );
         assert_eq!(
             creds("Authorization: bearer abc\r\n"),
-            Credentials::Bearer("abc")
+            Credentials::Bearer(BearerToken(b"abc"))
         );
         assert_eq!(
             creds("Authorization: BEARER   abc  \r\n"),
-            Credentials::Bearer("abc")
+            Credentials::Bearer(BearerToken(b"abc"))
         );
     }
 
@@ -109,7 +162,7 @@ mod tests {
     fn bearer_among_several_authorization_headers() {
         assert_eq!(
             creds("Authorization: Digest username=\"a\"\r\nAuthorization: Bearer tok\r\n"),
-            Credentials::Bearer("tok")
+            Credentials::Bearer(BearerToken(b"tok"))
         );
     }
 
@@ -139,6 +192,18 @@ mod tests {
             creds("Authorization: Bearer a=b\r\n"),
             Credentials::Malformed("Malformed Bearer token")
         );
+    }
+
+    #[test]
+    fn bearer_tokens_are_checked_bytes_shown_only_by_length() {
+        let t = BearerToken::new(b"abc.DEF-_~+/==").unwrap();
+        assert_eq!(t.as_str(), "abc.DEF-_~+/==");
+        assert_eq!(t.as_bytes(), b"abc.DEF-_~+/==");
+        assert_eq!(t, "abc.DEF-_~+/==");
+        assert_eq!(format!("{t:?}"), "BearerToken(14 bytes)");
+        for bad in [&b""[..], b"a b", b"\xc3\xa9", b"==", b"a=b"] {
+            assert_eq!(BearerToken::new(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::sip::reply::{finish_response, put_register_contacts, start_response_w
 use crate::sip::scan::Problem;
 use crate::sip::{scan, scan_into, HeaderKind, Message, Method, Parties, ScanError};
 
+use super::credentials::BearerToken;
 use super::policy::{assess_checked, ChallengeMode, Need, Policy};
 use super::verdict::{judge, response_for, Lookup, Outcome};
 
@@ -96,7 +97,7 @@ pub struct Pending<'a> {
     pub msg: Message<'a>,
     /// From and To as [`Message::check_request`] parsed them.
     pub parties: Parties<'a>,
-    pub token: &'a str,
+    pub token: BearerToken<'a>,
 }
 
 impl<'a> Pending<'a> {
@@ -119,7 +120,7 @@ pub struct Ready<'m, 'a> {
     pub msg: &'m Message<'a>,
     /// From and To as [`Message::check_request`] parsed them.
     pub parties: &'m Parties<'a>,
-    pub token: &'a str,
+    pub token: BearerToken<'a>,
 }
 
 impl std::fmt::Debug for Ready<'_, '_> {
@@ -256,7 +257,7 @@ impl Engine {
         msg: &Message<'a>,
         arrival: Flow,
         out: &mut Vec<u8>,
-    ) -> Result<(Parties<'a>, &'a str), Done> {
+    ) -> Result<(Parties<'a>, BearerToken<'a>), Done> {
         let source = arrival.peer();
         if !msg.is_request() {
             return Err(match &self.forward {

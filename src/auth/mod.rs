@@ -12,7 +12,7 @@ pub mod facts;
 pub mod policy;
 pub mod verdict;
 
-pub use credentials::{bearer, Credentials};
+pub use credentials::{bearer, BearerToken, Credentials};
 pub use engine::{Begin, Done, DropReason, Engine, Pending, Ready};
 pub use facts::{SourceError, TokenFacts};
 pub use policy::{assess, assess_checked, ChallengeMode, Need, Policy, Profile};

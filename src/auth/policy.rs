@@ -2,7 +2,7 @@
 
 use crate::sip::{reply::to_has_tag, HeaderKind, Message, Method, Parties};
 
-use super::credentials::{bearer, Credentials};
+use super::credentials::{bearer, BearerToken, Credentials};
 
 /// Maps outcomes to responses: RFC 8898 semantics (seed 000) or the Oracle SBC behaviour (seed 002).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub enum Need<'a> {
     /// Bearer credentials that cannot be used.
     Malformed(&'static str),
     /// The token to validate.
-    Token(&'a str),
+    Token(BearerToken<'a>),
 }
 
 /// Decides what `msg` (a request that passed [`Message::check_request`]) needs under `policy`.
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(need(&p, "INVITE", TO), Need::Challenge);
         assert_eq!(
             need(&p, "REGISTER", &format!("{TO}{AUTH}")),
-            Need::Token("tok")
+            Need::Token(BearerToken::new(b"tok").unwrap())
         );
     }
 
@@ -190,7 +190,7 @@ mod tests {
                 "INVITE",
                 &format!("{TO}Proxy-Authorization: Bearer ptok\r\n")
             ),
-            Need::Token("ptok")
+            Need::Token(BearerToken::new(b"ptok").unwrap())
         );
     }
 

@@ -256,7 +256,7 @@ async fn engine_again(
     let tokens = &ctx.shared.tokens;
     let key = tokens.key(p.token);
     let now = unix_now();
-    let result = tokens.resolve(p.token, key, now).await;
+    let result = tokens.resolve(p.token.as_str(), key, now).await;
     let now = unix_now();
     Some(match result {
         Ok(facts) => engine.finish_on(&p, arrival, Lookup::Found(&facts), now, out),

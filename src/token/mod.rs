@@ -64,9 +64,9 @@ impl TokenHasher {
     }
 
     #[inline]
-    pub fn key(&self, token: &str) -> TokenKey {
+    pub fn key(&self, token: impl AsRef<[u8]>) -> TokenKey {
         let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
-        std::hash::Hasher::write(&mut h, token.as_bytes());
+        std::hash::Hasher::write(&mut h, token.as_ref());
         TokenKey(h.finish128().as_u128())
     }
 }
@@ -182,7 +182,7 @@ impl TokenService {
     }
 
     #[inline]
-    pub fn key(&self, token: &str) -> TokenKey {
+    pub fn key(&self, token: impl AsRef<[u8]>) -> TokenKey {
         self.hasher.key(token)
     }
 

@@ -87,7 +87,7 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, AddrError> {
                 if !name.is_empty() {
                     display = Some(name);
                 }
-            } else if !trim_lws(&v[i..lt]).is_empty() {
+            } else if !v[i..lt].iter().all(|&b| super::is_lws(b)) {
                 return Err(AddrError::Trailing);
             }
             let gt = find_byte(&v[lt..], b'>').ok_or(AddrError::Unbracketed)? + lt;

@@ -277,6 +277,10 @@ pub struct Message<'a> {
     /// Index + 1 of the first occurrence of each single-valued header (0 = absent). u32, like
     /// spans: a 1 MiB message over TCP can hold more than 65,535 header lines.
     single: [u32; 7],
+    /// The value of each single-valued header's first occurrence (empty when absent), read
+    /// from the header table once the scan is done: [`Message::first`] is asked for them about a
+    /// dozen times a request.
+    single_values: [Span; 7],
     /// Bit i set: the single-valued header in slot i occurs more than once.
     duplicates: u8,
     /// Everything after the blank line that ends the headers.
@@ -412,6 +416,13 @@ pub fn scan_into(msg: &mut Message<'_>) -> Result<(), ScanError> {
             msg.headers.push(header);
         }
         pos = next;
+    }
+    // After the loop: a folded line may still have moved a value's end.
+    for (value, &i) in msg.single_values.iter_mut().zip(&msg.single) {
+        *value = match (i as usize).checked_sub(1) {
+            Some(i) => msg.headers.get(i).map_or(Span::default(), |h| h.value),
+            None => Span::default(),
+        };
     }
     Ok(())
 }
@@ -604,6 +615,7 @@ impl<'a> Message<'a> {
             },
             headers: SmallVec::new(),
             single: [0; 7],
+            single_values: [Span::default(); 7],
             duplicates: 0,
             after_headers: Span::default(),
             folded: false,
@@ -675,10 +687,7 @@ impl<'a> Message<'a> {
     #[inline]
     pub fn first(&self, kind: HeaderKind) -> Option<&'a [u8]> {
         match kind.single_slot() {
-            Some(slot) => {
-                let i = (self.single[slot] as usize).checked_sub(1)?;
-                self.headers.get(i).map(|h| h.value.of(self.buf))
-            }
+            Some(slot) => (self.single[slot] != 0).then(|| self.single_values[slot].of(self.buf)),
             None => self
                 .headers
                 .iter()
@@ -1065,6 +1074,9 @@ t: <sip:b@h>\r\nt: <sip:c@h>\r\ni: cid\r\nCSeq: 1 INVITE\r\nX: a\r\n  folded\r\n
                 );
             }
             assert_eq!(msg.duplicate(), Some(HeaderKind::To));
+            assert_eq!(msg.first(HeaderKind::To), Some(&b"<sip:b@h>"[..]));
+            assert_eq!(msg.first(HeaderKind::CSeq), Some(&b"1 INVITE"[..]));
+            assert_eq!(msg.first(HeaderKind::Expires), None);
             assert!(msg.has_folding());
             assert_eq!(msg.body(), b"body");
         }

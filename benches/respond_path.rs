@@ -2,8 +2,8 @@
 //! shard's hot path does it (`src/shard/process.rs::process`):
 //!
 //! `Engine::begin_then` → (the request lent where it was scanned) `TokenService::key` →
-//! `TokenService::with_pinned` (hit, facts lent) → `Engine::finish_ready(Lookup::Found)` → response
-//! bytes in a reused `out` buffer. The clock is read once per iteration here; the server reads it
+//! `TokenService::with_pinned` (hit, facts lent) → `Engine::finish_ready(Lookup::Found)` →
+//! response bytes in a reused `out` buffer. The clock is read once per iteration here; the server reads it
 //! once per batch, and takes and pins the cache's snapshot once per batch, which here is done once
 //! per benchmark.
 //!

@@ -265,7 +265,8 @@ proptest! {
         let aor = Aor::from_header(to).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(aor.user, case.to_user.as_bytes());
         prop_assert_eq!(aor.host, case.to_host.as_bytes());
-        prop_assert_eq!(bearer(&msg, HeaderKind::Authorization), Credentials::Bearer(BearerToken::new(case.token.as_bytes()).unwrap()));
+        let token = BearerToken::new(case.token.as_bytes()).unwrap();
+        prop_assert_eq!(bearer(&msg, HeaderKind::Authorization), Credentials::Bearer(token));
         prop_assert_eq!(msg.content_length(), Ok(Some(0)));
         prop_assert!(msg.duplicate().is_none());
         prop_assert!(msg.check_request().is_ok());

@@ -619,17 +619,6 @@ fn forwarded(r: Result<Dest, Refusal>) -> Done {
     }
 }
 
-/// Whether `s` holds `a`, `b` or `c`: memchr's SSE2 searcher called directly (no run-time
-/// dispatch) on x86-64.
-#[inline]
-fn has_any3(s: &[u8], a: u8, b: u8, c: u8) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(three) = memchr::arch::x86_64::sse2::memchr::Three::new(a, b, c) {
-        return three.find(s).is_some();
-    }
-    memchr::memchr3(a, b, c, s).is_some()
-}
-
 /// A Via whose sent-protocol names SIP/2.0 and a transport, followed by a sent-by, and which the
 /// response can carry back as the same first element of its Via list.
 fn usable_via(via: &[u8]) -> bool {
@@ -639,7 +628,7 @@ fn usable_via(via: &[u8]) -> bool {
     // Found by the `respond` fuzz target. One pass finds none of the three in a usual Via, so
     // the parameters are looked at only when there is something to find.
     let semi = crate::sip::find_byte(via, b';').unwrap_or(via.len());
-    if has_any3(via, b'<', b'>', b'"')
+    if crate::sip::has_any3(via, b'<', b'>', b'"')
         && (via.iter().any(|&b| b == b'<' || b == b'>')
             || crate::sip::addr::params(&via[semi..]).any(|(name, value)| {
                 (name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport"))

@@ -23,6 +23,15 @@ fn client() -> SocketAddr {
     "198.51.100.7:40000".parse().unwrap()
 }
 
+/// The flow of a client connected over TCP to `shard`'s connection `conn`.
+fn tcp_client(shard: u16, conn: u64) -> Flow {
+    Flow::Tcp {
+        shard,
+        conn,
+        peer: client(),
+    }
+}
+
 fn udp_client() -> Relay<'static> {
     Relay {
         arrival: Flow::Udp(client()),
@@ -204,11 +213,7 @@ fn max_forwards_zero_is_refused_and_absent_becomes_seventy() {
 #[test]
 fn tcp_client_flow_goes_in_the_via() {
     let f = fwd();
-    let flow = Flow::Tcp {
-        shard: 2,
-        conn: 41,
-        peer: client(),
-    };
+    let flow = tcp_client(2, 41);
     let (_, out) = relay(
         &f,
         &invite("", "z9hG4bKi1", "INVITE"),
@@ -276,11 +281,7 @@ fn response_loses_our_via_and_goes_to_received_rport() {
 #[test]
 fn response_over_tcp_goes_to_the_flow_in_our_via() {
     let f = fwd();
-    let flow = Flow::Tcp {
-        shard: 1,
-        conn: 9,
-        peer: client(),
-    };
+    let flow = tcp_client(1, 9);
     let (_, relayed) = relay(
         &f,
         &register(""),
@@ -483,11 +484,7 @@ mod engine {
     #[test]
     fn a_tcp_client_is_relayed_with_its_flow() {
         let e = engine();
-        let arrival = Flow::Tcp {
-            shard: 1,
-            conn: 7,
-            peer: client(),
-        };
+        let arrival = tcp_client(1, 7);
         let (done, out) = run_on(
             &e,
             &register("Authorization: Bearer tok\r\n"),

@@ -42,7 +42,8 @@ pub struct ShardCtx {
 /// The token cache is held the same way (see [`crate::token::cache::Snapshot`]): [`Turn::reads`]
 /// pins it for the batch.
 ///
-/// Not to be held across an await: the engine guard takes one of the thread's few debt slots.
+/// Not to be held across an await: its three `ArcSwap` guards (the engine, the cache's two
+/// generations) take three of the thread's few debt slots.
 pub struct Turn {
     engine: arc_swap::Guard<Arc<Engine>>,
     has_source: bool,

@@ -92,9 +92,9 @@ pub(crate) fn first_marked(marks: u64) -> usize {
 /// slices are tested eight bytes at a time as one `u64` (about ten instructions, against four per
 /// byte for a byte-wise loop); only a slice shorter than eight goes byte by byte. The SSE2 step
 /// from 16 bytes took 192 instructions off a REGISTER's 10,642; from 24 or 32 bytes, less
-/// (`examples/respond_loop.rs`). Out of line: the respond path runs its code once per request, straight
-/// through, and every inlined copy of a helper is more code to fetch; that cost more than the
-/// calls (the path's code had outgrown the instruction cache).
+/// (`examples/respond_loop.rs`). Out of line: the respond path runs its code once per request,
+/// straight through, and every inlined copy of a helper is more code to fetch; that cost more
+/// than the calls (the path's code had outgrown the instruction cache).
 #[inline(never)]
 pub(crate) fn find_either(s: &[u8], a: u8, b: u8) -> Option<usize> {
     let (pa, pb) = (LOW_BITS * u64::from(a), LOW_BITS * u64::from(b));
@@ -124,6 +124,31 @@ pub(crate) fn find_either(s: &[u8], a: u8, b: u8) -> Option<usize> {
     // mark is a byte not searched yet.
     let found = if at < n { hits(n - 8) } else { 0 };
     (found != 0).then(|| n - 8 + first_marked(found))
+}
+
+/// Whether `s` holds `b`, for a yes-or-no over a whole value (a comma in a list header): memchr's
+/// SSE2 searcher called directly on x86-64, inlined, where `memchr::memchr` dispatches at run
+/// time on every call and [`find_byte`] is a call of its own (59 instructions more per REGISTER
+/// in `split_list`); a byte loop below 16 bytes.
+#[inline]
+pub(crate) fn has_byte(s: &[u8], b: u8) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if s.len() >= 16 {
+        if let Some(one) = memchr::arch::x86_64::sse2::memchr::One::new(b) {
+            return one.find(s).is_some();
+        }
+    }
+    s.contains(&b)
+}
+
+/// Whether `s` holds `a`, `b` or `c`: as [`has_byte`], for three bytes at once.
+#[inline]
+pub(crate) fn has_any3(s: &[u8], a: u8, b: u8, c: u8) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(three) = memchr::arch::x86_64::sse2::memchr::Three::new(a, b, c) {
+        return three.find(s).is_some();
+    }
+    memchr::memchr3(a, b, c, s).is_some()
 }
 
 /// `s` without leading and trailing linear white space. Most slices have none, or one space in
@@ -212,6 +237,9 @@ mod tests {
                         }
                         assert_eq!(find_byte(&s, b), s.iter().position(|&c| c == b));
                         assert_eq!(find_byte_near(&s, b), s.iter().position(|&c| c == b));
+                        assert_eq!(has_byte(&s, b), s.contains(&b));
+                        let any3 = s.iter().any(|&c| c == b || c == b';' || c == 0xff);
+                        assert_eq!(has_any3(&s, b, b';', 0xff), any3);
                         assert_eq!(has_lws(&s), s.iter().any(|&c| is_lws(c)), "{s:?}");
                     }
                 }

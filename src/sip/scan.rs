@@ -878,19 +878,6 @@ pub fn parse_decimal(v: &[u8]) -> Option<usize> {
     Some(v.iter().fold(0usize, |a, d| a * 10 + usize::from(d - b'0')))
 }
 
-/// Whether `s` holds a comma: memchr's SSE2 searcher called directly on x86-64 (no run-time
-/// dispatch), a byte loop below 16 bytes.
-#[inline]
-fn has_comma(s: &[u8]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if s.len() >= 16 {
-        if let Some(one) = memchr::arch::x86_64::sse2::memchr::One::new(b',') {
-            return one.find(s).is_some();
-        }
-    }
-    s.contains(&b',')
-}
-
 /// Splits a header value at commas that are outside quoted strings and angle brackets; elements are
 /// trimmed and empty ones skipped.
 pub fn split_list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -902,7 +889,7 @@ pub fn split_list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
         // Fast path for the usual single-element value: with no comma at all nothing can be cut, so
         // the loop below would take the whole rest; memchr finds that out without the per-byte
         // quote/bracket tracking (which dominated `top_via` and the Contact echo in benchmarks).
-        if !has_comma(rest) {
+        if !super::has_byte(rest, b',') {
             let item = trim_lws(rest);
             rest = &[];
             return (!item.is_empty()).then_some(item);

@@ -2,9 +2,10 @@
 //! it is no longer served.
 //!
 //! Reads are lock-free: each generation is loaded from an `ArcSwap` (a thread-local debt slot, no
-//! shared write) and looked up in papaya under an epoch guard (no shared write). [`TokenCache::with`]
-//! does that per lookup; a shard does it once per batch of messages through a [`Snapshot`], since
-//! each load and pin costs locked instructions (on thread-local lines, but still tens of cycles). A hit lends the facts to a closure instead of cloning them out, so
+//! shared write) and looked up in papaya under an epoch guard (no shared write).
+//! [`TokenCache::with`] does that per lookup; a shard does it once per batch of messages through a
+//! [`Snapshot`], since each load and pin costs locked instructions (on thread-local lines, but
+//! still tens of cycles). A hit lends the facts to a closure instead of cloning them out, so
 //! shards reading one popular token do not fight over a reference count's cache line.
 //! BENCHMARKS.md has the comparison that chose papaya (dashmap, quick_cache, moka, and a
 //! `Mutex<HashMap>` baseline).

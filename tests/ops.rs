@@ -456,7 +456,7 @@ fn reload_changes_the_method_list_while_traffic_flows() {
         assert!(challenged > 0, "{io}: traffic before the reload");
         assert!(passed >= 200, "{io}: traffic after the reload");
         assert!(order_ok, "{io}: no challenge after the first pass");
-        assert!(s.log().contains("configuration reloaded"));
+        assert!(s.wait_for_log("configuration reloaded"), "{}", s.log());
         assert!(!s.log().contains("restart"), "{}", s.log());
     }
 }

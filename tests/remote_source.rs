@@ -378,7 +378,11 @@ fn failover_and_recovery() {
         &[],
     );
     assert_eq!(status(&reg(&s, "alice", Some("f"))), 200);
-    assert!(s.log().contains("token source host marked down"));
+    assert!(
+        s.wait_for_log("token source host marked down"),
+        "{}",
+        s.log()
+    );
     // Both down: 503 within the timeout (1 s).
     let dead2 = format!("http://{}/introspect", dead_port());
     let s = Sipward::launch(

@@ -132,6 +132,22 @@ impl Sipward {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the log holds `needle`, waiting up to 5 s for it: a thread copies sipward's
+    /// output into the log, so a line sipward wrote before answering may reach it after the
+    /// answer reached the test (`failover_and_recovery` failed so once in CI).
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

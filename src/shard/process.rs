@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::stats::{bump, method_index, outcome_index, ShardStats, SILENT};
+use super::stats::{bump, method_index, method_slot, outcome_index, ShardStats, SILENT};
 use super::Shared;
 use crate::auth::{Begin, Done, Engine, Lookup, Outcome, SourceError};
 use crate::forward::{Dest, Flow};
+use crate::sip::Method;
 use crate::token::cache::{Pinned, Snapshot};
 use crate::token::{unix_now, Unresolved};
 
@@ -110,12 +111,21 @@ pub enum Handled {
     Nothing,
 }
 
-fn record(stats: &ShardStats, done: Done, data: &[u8], src: SocketAddr) -> Handled {
+/// Counts how `data` ended. `method` is the request's method when the engine parsed it on the way
+/// (every request that reached a token lookup); otherwise the request line is read again.
+fn record(
+    stats: &ShardStats,
+    done: Done,
+    method: Option<Method>,
+    data: &[u8],
+    src: SocketAddr,
+) -> Handled {
+    let method = || method.map_or_else(|| method_index(data), method_slot);
     match done {
         Done::Replied { code, outcome } => {
             bump(&stats.replied);
             stats.response(code);
-            stats.request(method_index(data), outcome_index(outcome));
+            stats.request(method(), outcome_index(outcome));
             if let Some(o) = outcome.filter(|o| *o != Outcome::Accept) {
                 rejected(data, src, o, code);
             }
@@ -123,7 +133,7 @@ fn record(stats: &ShardStats, done: Done, data: &[u8], src: SocketAddr) -> Handl
         }
         Done::Silent => {
             bump(&stats.silent);
-            stats.request(method_index(data), SILENT);
+            stats.request(method(), SILENT);
             Handled::Nothing
         }
         Done::Forwarded(dest) => {
@@ -194,7 +204,9 @@ pub fn process_on(
     let now = turn.now;
     // The lookup runs on the request where the engine scanned it (see `Engine::begin_then`); only
     // a miss comes back out, to be looked up again by a task of its own.
+    let mut method = None;
     let looked_up = engine.begin_then(data, arrival, out, |ready, out| {
+        method = ready.msg.method();
         if !turn.has_source {
             return Some(engine.finish_ready(ready, arrival, Lookup::NoSource, now, out));
         }
@@ -215,7 +227,7 @@ pub fn process_on(
         None
     });
     match looked_up {
-        Err(done) | Ok(Some(done)) => return record(&ctx.stats, done, data, src),
+        Err(done) | Ok(Some(done)) => return record(&ctx.stats, done, method, data, src),
         Ok(None) => {}
     }
     // Slow path: keep a copy of the request, answer when the source has.
@@ -230,7 +242,7 @@ pub fn process_on(
             Some(done) => done,
             None => Done::Silent,
         };
-        match record(&ctx.stats, done, &copy, src) {
+        match record(&ctx.stats, done, method, &copy, src) {
             Handled::Reply => reply_to.send(out).await,
             Handled::Forward(dest) => super::relay::deliver(&ctx, dest, out).await,
             Handled::Nothing => {}

@@ -375,13 +375,13 @@ pub fn scan_into(msg: &mut Message<'_>) -> Result<(), ScanError> {
     if pos == buf.len() {
         return Err(ScanError::Empty);
     }
-    let lf = LineFeeds::new();
-    let (line, next) = line_at(lf, buf, pos);
+    let mut lf = LineFeeds::new(buf, pos);
+    let (line, next) = lf.line_at(pos);
     msg.start = start_line(buf, line)?;
     pos = next;
     msg.after_headers = Span::new(buf.len(), buf.len());
     while pos < buf.len() {
-        let (line, next) = line_at(lf, buf, pos);
+        let (line, next) = lf.line_at(pos);
         if line.0 == line.1 {
             msg.after_headers = Span::new(next, buf.len());
             break;
@@ -507,49 +507,77 @@ fn content_bounds(s: &[u8]) -> Option<(usize, usize)> {
     Some((start, end))
 }
 
-/// Finds line feeds. On x86-64 it is memchr's SSE2 searcher, called directly: SSE2 is always
-/// there, so the search inlines into the scanner, where `memchr::memchr` dispatches at run time on
-/// every call (about a third of its cost for a header line of a few dozen bytes).
-#[derive(Clone, Copy)]
-struct LineFeeds {
-    #[cfg(target_arch = "x86_64")]
-    sse2: Option<memchr::arch::x86_64::sse2::memchr::One>,
+/// The line feeds of a buffer in order, from a bitmask of each 64-byte block (see
+/// [`super::byte_mask64`]): a block's mask is made once and each line feed then costs a few
+/// instructions, where a search per line (memchr's SSE2 searcher, called directly) paid its set-up
+/// and its first unaligned load on every header line.
+struct LineFeeds<'a> {
+    buf: &'a [u8],
+    /// Where the block in `mask` starts: a multiple of 64.
+    base: usize,
+    /// The block's line feeds not yet returned, byte `base + i` in bit i.
+    mask: u64,
 }
 
-impl LineFeeds {
+impl<'a> LineFeeds<'a> {
+    /// The line feeds of `buf` from `pos` on.
     #[inline]
-    fn new() -> LineFeeds {
+    fn new(buf: &'a [u8], pos: usize) -> LineFeeds<'a> {
+        let base = pos & !63;
         LineFeeds {
-            #[cfg(target_arch = "x86_64")]
-            sse2: memchr::arch::x86_64::sse2::memchr::One::new(b'\n'),
+            buf,
+            base,
+            mask: Self::block(buf, base) & (!0u64 << (pos - base)),
         }
     }
 
+    /// The mask of the 64 bytes from `base`; the short last block is read from a copy padded with
+    /// zeros, which are not line feeds.
     #[inline]
-    fn find(self, s: &[u8]) -> Option<usize> {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(sse2) = self.sse2 {
-            return sse2.find(s);
+    fn block(buf: &[u8], base: usize) -> u64 {
+        match buf.get(base..base + 64) {
+            Some(block) => super::byte_mask64(block.try_into().unwrap_or(&[0; 64]), b'\n'),
+            None => {
+                let rest = buf.get(base..).unwrap_or_default();
+                let mut padded = [0u8; 64];
+                padded[..rest.len()].copy_from_slice(rest);
+                super::byte_mask64(&padded, b'\n')
+            }
         }
-        memchr(b'\n', s)
     }
-}
 
-/// The line starting at `pos`: (start, end without CR/LF) and where the next line starts.
-/// A bare LF ends a line too; RFC 3261 asks for CRLF but senders in the wild use LF alone.
-#[inline]
-fn line_at(lf: LineFeeds, buf: &[u8], pos: usize) -> ((usize, usize), usize) {
-    match lf.find(&buf[pos..]) {
-        Some(i) => {
-            let lf = pos + i;
-            let end = if lf > pos && buf[lf - 1] == b'\r' {
-                lf - 1
-            } else {
-                lf
-            };
-            ((pos, end), lf + 1)
+    /// The next line feed, if any is left.
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.base += 64;
+            if self.base >= self.buf.len() {
+                return None;
+            }
+            self.mask = Self::block(self.buf, self.base);
         }
-        None => ((pos, buf.len()), buf.len()),
+        let at = self.base + self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(at)
+    }
+
+    /// The line starting at `pos`, the byte after the last line feed returned (or where the
+    /// search began): (start, end without CR/LF) and where the next line starts. A bare LF ends a
+    /// line too; RFC 3261 asks for CRLF but senders in the wild use LF alone.
+    #[inline]
+    fn line_at(&mut self, pos: usize) -> ((usize, usize), usize) {
+        let buf = self.buf;
+        match self.next() {
+            Some(lf) => {
+                let end = if lf > pos && buf[lf - 1] == b'\r' {
+                    lf - 1
+                } else {
+                    lf
+                };
+                ((pos, end), lf + 1)
+            }
+            None => ((pos, buf.len()), buf.len()),
+        }
     }
 }
 
@@ -926,6 +954,29 @@ pub fn split_list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_feeds_are_those_a_byte_loop_finds() {
+        // Buffers of every length to three blocks and a bit, line feeds at varying density, so
+        // that lines start and end on both sides of block edges and the last block is short.
+        for len in 0..200 {
+            for density in [1, 3, 17, 64, 1000] {
+                let buf: Vec<u8> = (0..len)
+                    .map(|i| match (i * 7 + len) % density {
+                        0 => b'\n',
+                        1 => b'\r',
+                        _ => b'a' + (i % 26) as u8,
+                    })
+                    .collect();
+                for pos in 0..=len {
+                    let want: Vec<usize> = (pos..len).filter(|&i| buf[i] == b'\n').collect();
+                    let mut lf = LineFeeds::new(&buf, pos);
+                    let got: Vec<usize> = std::iter::from_fn(|| lf.next()).collect();
+                    assert_eq!(got, want, "len {len}, density {density}, from {pos}");
+                }
+            }
+        }
+    }
 
     pub(crate) const REGISTER: &[u8] = b"REGISTER sip:example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport\r\n\

@@ -175,6 +175,30 @@ pub(crate) fn byte_mask64(block: &[u8; 64], b: u8) -> u64 {
     byte_mask64_words(block, b)
 }
 
+/// A value of at most 64 bytes in a block padded with zeros, for several [`byte_mask64`] masks of
+/// it from one copy: where a value is looked at for a few different bytes, the masks cost less
+/// than a search for each.
+pub(crate) struct Block64 {
+    bytes: [u8; 64],
+}
+
+impl Block64 {
+    /// `None` when `s` is longer than a block.
+    #[inline]
+    pub(crate) fn new(s: &[u8]) -> Option<Block64> {
+        let mut bytes = [0; 64];
+        bytes.get_mut(..s.len())?.copy_from_slice(s);
+        Some(Block64 { bytes })
+    }
+
+    /// Where `b` is in the value, byte i in bit i. `b` must not be 0, which the padding holds.
+    #[inline]
+    pub(crate) fn mask(&self, b: u8) -> u64 {
+        debug_assert_ne!(b, 0);
+        byte_mask64(&self.bytes, b)
+    }
+}
+
 /// [`byte_mask64`] from eight-byte words, exactly (no borrow between bytes), for targets without
 /// SSE2; tested against it on x86-64.
 #[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]

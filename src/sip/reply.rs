@@ -108,17 +108,8 @@ fn write_top_via(out: &mut Vec<u8>, via: &[u8], source: SocketAddr, folded: bool
     let semi = super::find_byte(via, b';').unwrap_or(via.len());
     out.extend_from_slice(b"Via: ");
     put_value(out, trim_lws(&via[..semi]), folded);
-    let replaced =
-        |name: &[u8]| name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport");
     let p = &via[semi..];
-    if !has_lws(p) {
-        // Nothing to trim or unfold: each parameter goes out as written, which is what the
-        // general loop below would write, at a fraction of the cost.
-        for item in param_items(p).filter(|item| !replaced(item_name(item))) {
-            out.push(b';');
-            out.extend_from_slice(item);
-        }
-    } else {
+    if has_lws(p) {
         for (name, value) in params(p).filter(|(name, _)| !replaced(name)) {
             out.push(b';');
             put_value(out, name, folded);
@@ -127,8 +118,71 @@ fn write_top_via(out: &mut Vec<u8>, via: &[u8], source: SocketAddr, folded: bool
                 put_value(out, v, folded);
             }
         }
+    } else if !put_kept_params(out, p) {
+        // Nothing to trim or unfold, but a quoted string or over 64 bytes: each parameter goes
+        // out as written, as the general loop above would write it.
+        put_kept_items(out, p);
     }
     put_received(out, source);
+}
+
+/// Whether a Via parameter's name is one the response sets itself (RFC 3581).
+#[inline]
+fn replaced(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport")
+}
+
+/// The top Via's parameters `p` (from its first `;`, without white space) as [`param_items`] and
+/// [`replaced`] would have them written, `;item` for each non-empty item not replaced: for the
+/// usual Via of at most 64 bytes of parameters and no quoted string, the items are found from a
+/// mask of the `;`s and the ones kept go out as runs of the bytes they were received as, one copy
+/// a run where the item loop took a search, a name and a copy per item. `false`, having written
+/// nothing, for a `p` that does not fit that shape.
+fn put_kept_params(out: &mut Vec<u8>, p: &[u8]) -> bool {
+    let Some(block) = super::Block64::new(p) else {
+        return false;
+    };
+    if block.mask(b'"') != 0 {
+        return false;
+    }
+    let mut semis = block.mask(b';');
+    // The run of kept items being gathered starts at this `;`.
+    let mut run = None;
+    while semis != 0 {
+        let at = semis.trailing_zeros() as usize;
+        semis &= semis - 1;
+        let end = if semis == 0 {
+            p.len()
+        } else {
+            semis.trailing_zeros() as usize
+        };
+        let item = &p[at + 1..end];
+        // Only a name starting with an `r` can be replaced: the others skip the comparisons.
+        let keep = match item.first() {
+            None => false,
+            Some(&first) => first | 0x20 != b'r' || !replaced(item_name(item)),
+        };
+        match (keep, run) {
+            (true, None) => run = Some(at),
+            (false, Some(from)) => {
+                out.extend_from_slice(&p[from..at]);
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = run {
+        out.extend_from_slice(&p[from..]);
+    }
+    true
+}
+
+/// [`put_kept_params`] item by item, for any `p` without white space.
+fn put_kept_items(out: &mut Vec<u8>, p: &[u8]) {
+    for item in param_items(p).filter(|item| !replaced(item_name(item))) {
+        out.push(b';');
+        out.extend_from_slice(item);
+    }
 }
 
 /// Each byte value in decimal, padded to three bytes, and how many of them are digits.
@@ -474,6 +528,45 @@ fn params_go_out_as_written(p: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_params_in_runs_are_those_kept_item_by_item() {
+        // Every string of up to five pieces over names, values, separators and a quote, and long
+        // ones that do not fit a block: the runs must write what the item loop writes.
+        let pieces: [&[u8]; 10] = [
+            b";",
+            b"rport",
+            b"RECEIVED",
+            b"=1",
+            b"branch=z9hG4bK",
+            b"r",
+            b"\"",
+            b"x",
+            b";;",
+            b"rport=5",
+        ];
+        let mut cases: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..5 {
+            let longer: Vec<Vec<u8>> = cases
+                .iter()
+                .flat_map(|c| pieces.iter().map(move |p| [c.as_slice(), p].concat()))
+                .collect();
+            cases.extend(longer);
+            cases.dedup();
+        }
+        cases.push([&b";branch=z9hG4bK"[..], &[b'a'; 60], b";rport"].concat());
+        for case in cases {
+            let p = [&b";"[..], &case].concat();
+            let (mut runs, mut items) = (Vec::new(), Vec::new());
+            put_kept_items(&mut items, &p);
+            if put_kept_params(&mut runs, &p) {
+                assert_eq!(runs, items, "{:?}", String::from_utf8_lossy(&p));
+            } else {
+                assert!(runs.is_empty());
+                assert!(p.len() > 64 || p.contains(&b'"'));
+            }
+        }
+    }
     use crate::sip::scan::scan;
 
     #[test]

@@ -231,7 +231,10 @@ fn run(engine: &Engine, msg: &[u8], src: SocketAddr, answers: &[&Answer]) -> Vec
         }
     }
     if !answers.is_empty() {
-        assert_eq!(lent, results, "begin_then and finish_ready differ from begin and finish");
+        assert_eq!(
+            lent, results,
+            "begin_then and finish_ready differ from begin and finish"
+        );
     }
     results
 }

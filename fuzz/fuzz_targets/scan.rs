@@ -4,16 +4,19 @@
 //! Checked for `sipward::sip::scan` when it accepts the input: every span lies inside the input and
 //! in order, header names are what their kind says, values are trimmed, the lookup helpers agree
 //! with the header list, `split_list` agrees with a plain reference splitter, and scanning is
-//! deterministic and unaffected by leading CRLFs. Checked for `sipward::sip::framing::next_frame`:
-//! every consuming frame is non-empty, no longer than the input, and starts with what its variant
-//! names; walking a buffer frame by frame always makes progress.
+//! deterministic and unaffected by leading CRLFs. The From / To fast path
+//! (`addr::parse_name_addr_uri`) reads the input and each of its lines as the general parsers do.
+//! Checked for `sipward::sip::framing::next_frame`: every consuming frame is non-empty, no longer
+//! than the input, and starts with what its variant names; walking a buffer frame by frame always
+//! makes progress.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use sipward::sip::addr::parse_name_addr_uri;
 use sipward::sip::framing::{next_frame, Frame};
 use sipward::sip::scan::{split_list, Span};
-use sipward::sip::{scan, HeaderKind, Message, Method, StartLine};
+use sipward::sip::{parse_name_addr, parse_uri, scan, HeaderKind, Message, Method, StartLine};
 
 /// The default `[server] max_message_size`.
 const MAX_MESSAGE: usize = 65536;
@@ -95,7 +98,17 @@ fn reference_split(v: &[u8]) -> Vec<&[u8]> {
     items
 }
 
+/// The From / To fast path reads a value as the two general parsers do, on the whole input and on
+/// each of its lines.
+fn check_name_addr_uri(data: &[u8]) {
+    for v in std::iter::once(data).chain(data.split(|&b| b == b'\n')) {
+        let general = parse_name_addr(v).and_then(|na| Ok((na, parse_uri(na.uri)?)));
+        assert_eq!(parse_name_addr_uri(v), general, "{v:?}");
+    }
+}
+
 fn check_scan(data: &[u8]) {
+    check_name_addr_uri(data);
     let msg = match scan(data) {
         Ok(m) => m,
         Err(e) => {

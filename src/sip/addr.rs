@@ -5,7 +5,9 @@
 //! URI parsing extracts scheme, user, host and port; it does not check every character class of the
 //! RFC 3261 grammar, and it does not decode or normalise URI parameters (an AOR ignores them).
 
-use super::{find_byte, find_byte_near, find_either, has_lws, trim_lws};
+use super::{
+    find_byte, find_byte_near, find_either, first_bit, has_lws, is_lws, trim_lws, Block64,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
@@ -120,6 +122,95 @@ pub fn parse_name_addr(v: &[u8]) -> Result<NameAddr<'_>, AddrError> {
             })
         }
     }
+}
+
+/// [`parse_name_addr`] and then [`parse_uri`] of its URI, as a From or To value is read. The usual
+/// `[display] <sip:user@host[:port][;uri-params]>[;params]` of at most 64 bytes is read from one
+/// copy and a few masks of it (see [`Block64`]), where the two general parsers search the value
+/// again for each part; anything else goes the general way. Either way the result is the same.
+pub fn parse_name_addr_uri(v: &[u8]) -> Result<(NameAddr<'_>, Uri<'_>), AddrError> {
+    if let Some(both) = usual_name_addr_uri(v) {
+        return Ok(both);
+    }
+    let na = parse_name_addr(v)?;
+    let uri = parse_uri(na.uri)?;
+    Ok((na, uri))
+}
+
+/// The fast path of [`parse_name_addr_uri`]: `None` for a value it does not take, which is then
+/// read by the general parsers (errors included: this never reports one).
+#[inline]
+fn usual_name_addr_uri(v: &[u8]) -> Option<(NameAddr<'_>, Uri<'_>)> {
+    let v = trim_lws(v);
+    let n = v.len();
+    let block = Block64::new(v)?;
+    let angles = block.mask(b'<');
+    let (display, lt) = if v.first() == Some(&b'"') {
+        // A quoted name without escapes, then only white space before `<`.
+        let close = first_bit(block.mask(b'"'), 1, n)?;
+        if first_bit(block.mask(b'\\'), 1, close).is_some() {
+            return None;
+        }
+        let lt = first_bit(angles, close + 1, n)?;
+        if !v[close + 1..lt].iter().all(|&b| is_lws(b)) {
+            return None;
+        }
+        (Some(&v[..=close]), lt)
+    } else {
+        let lt = first_bit(angles, 0, n)?;
+        let name = trim_lws(&v[..lt]);
+        ((!name.is_empty()).then_some(name), lt)
+    };
+    let gt = first_bit(block.mask(b'>'), lt + 1, n)?;
+    // No white space (nor other control bytes) in the URI: nothing to trim, nothing to refuse.
+    if first_bit(block.controls(), lt + 1, gt).is_some() {
+        return None;
+    }
+    let uri = &v[lt + 1..gt];
+    let params = trim_lws(&v[gt + 1..]);
+    if params.first().is_some_and(|&b| b != b';') {
+        return None;
+    }
+    // `sip:` in either case: setting bit 0x20 of the three letters matches exactly their cases.
+    let scheme = uri.first_chunk::<4>()?;
+    if u32::from_le_bytes(*scheme) | 0x20_2020 != u32::from_le_bytes(*b"sip:") {
+        return None;
+    }
+    let rest = lt + 5;
+    let colons = block.mask(b':');
+    let (user, hp_start) = match first_bit(block.mask(b'@'), rest, gt) {
+        Some(at) => (
+            Some(&v[rest..first_bit(colons, rest, at).unwrap_or(at)]),
+            at + 1,
+        ),
+        None => (None, rest),
+    };
+    let hp_end = first_bit(block.mask2(b';', b'?'), hp_start, gt).unwrap_or(gt);
+    if v.get(hp_start) == Some(&b'[') {
+        return None;
+    }
+    let (host, port) = match first_bit(colons, hp_start, hp_end) {
+        Some(c) => (&v[hp_start..c], Some(parse_port(&v[c + 1..hp_end]).ok()?)),
+        None => (&v[hp_start..hp_end], None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((
+        NameAddr {
+            display,
+            uri,
+            params,
+            bracketed: true,
+        },
+        Uri {
+            scheme: Scheme::Sip,
+            user,
+            host,
+            port,
+            rest: &v[hp_end..gt],
+        },
+    ))
 }
 
 /// Iterates `;name[=value]` parameters as (name, value) pairs, trimmed. Quoted values keep quotes.
@@ -384,6 +475,100 @@ pub fn pct_decoded_eq(encoded: &[u8], plain: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `parse_name_addr_uri` did before its fast path: the two general parsers in turn.
+    fn by_general_parsers(v: &[u8]) -> Result<(NameAddr<'_>, Uri<'_>), AddrError> {
+        let na = parse_name_addr(v)?;
+        Ok((na, parse_uri(na.uri)?))
+    }
+
+    #[test]
+    fn name_addr_uri_fast_path_reads_as_the_general_parsers() {
+        let pieces: [&[u8]; 20] = [
+            b"\"", b"\\", b"<", b">", b"sip:", b"SiP:", b"sips:", b"tel:", b"@", b":", b";", b"?",
+            b"[", b"]", b" ", b"\r\n ", b"al", b"5060", b"99999", b";tag=1",
+        ];
+        let check = |v: &[u8]| {
+            let fast = usual_name_addr_uri(v);
+            if let Some(fast) = fast {
+                assert_eq!(
+                    Ok(fast),
+                    by_general_parsers(v),
+                    "{:?}",
+                    String::from_utf8_lossy(v)
+                );
+            }
+            assert_eq!(
+                parse_name_addr_uri(v),
+                by_general_parsers(v),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+            fast.is_some()
+        };
+        // Every value of up to four pieces.
+        let mut cases: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..4 {
+            let longer: Vec<Vec<u8>> = cases
+                .iter()
+                .flat_map(|c| pieces.iter().map(move |p| [c.as_slice(), p].concat()))
+                .collect();
+            cases.extend(longer);
+        }
+        // And every combination of the parts of a From or To, each usual or odd.
+        let displays: [&[u8]; 6] = [
+            b"",
+            b"\"Alice\" ",
+            b"\"A\\\"b\" ",
+            b"Bob ",
+            b"\"x\"y ",
+            b"\"open ",
+        ];
+        let schemes: [&[u8]; 6] = [b"sip:", b"SIP:", b"sips:", b"tel:", b"sip :", b""];
+        let users: [&[u8]; 6] = [b"", b"alice@", b"a:pw@", b"@", b"a b@", b"a@b@"];
+        let hosts: [&[u8]; 5] = [b"example.com", b"", b"[::1]", b"h", b"h\r\n"];
+        let ports: [&[u8]; 5] = [b"", b":5060", b":", b":99999", b":50a"];
+        let uri_params: [&[u8]; 4] = [b"", b";transport=tcp", b"?x=y", b";lr?a=b"];
+        let closes: [&[u8]; 3] = [b">", b"", b">>"];
+        let params: [&[u8]; 5] = [b"", b";tag=1", b" ;tag=2", b"x", b";tag=\"a b\""];
+        for d in displays {
+            for open in [&b"<"[..], b""] {
+                for sc in schemes {
+                    for u in users {
+                        for h in hosts {
+                            for p in ports {
+                                for up in uri_params {
+                                    for c in closes {
+                                        for pa in params {
+                                            cases.push([d, open, sc, u, h, p, up, c, pa].concat());
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let taken = cases.iter().filter(|v| check(v)).count();
+        // The usual shapes, which must take the fast path.
+        for v in [
+            &b"\"Alice\" <sip:alice@example.com>;tag=1928301774"[..],
+            b"<sip:user0@example.com>;tag=0123456789abcdef",
+            b"Bob <SIP:bob:secret@[::1]:5060;transport=tcp?x=y>",
+            b"<sip:h>",
+            b"<sip:u@h:5060;lr>",
+        ] {
+            let fast = usual_name_addr_uri(v);
+            assert!(
+                fast.is_some() || v.contains(&b'['),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+            check(v);
+        }
+        assert!(taken > 1000, "only {taken} values took the fast path");
+    }
 
     #[test]
     fn name_addr_forms() {

@@ -180,6 +180,7 @@ pub(crate) fn byte_mask64(block: &[u8; 64], b: u8) -> u64 {
 /// than a search for each.
 pub(crate) struct Block64 {
     bytes: [u8; 64],
+    len: usize,
 }
 
 impl Block64 {
@@ -188,7 +189,23 @@ impl Block64 {
     pub(crate) fn new(s: &[u8]) -> Option<Block64> {
         let mut bytes = [0; 64];
         bytes.get_mut(..s.len())?.copy_from_slice(s);
-        Some(Block64 { bytes })
+        Some(Block64 {
+            bytes,
+            len: s.len(),
+        })
+    }
+
+    /// Where the value has `a` or `b`; neither may be 0.
+    #[inline]
+    pub(crate) fn mask2(&self, a: u8, b: u8) -> u64 {
+        self.mask(a) | self.mask(b)
+    }
+
+    /// Where the value has a space or a control byte (linear white space among them).
+    #[inline]
+    pub(crate) fn controls(&self) -> u64 {
+        let below_bang = byte_mask64_at_most(&self.bytes, b' ');
+        below_bang & low_bits(self.len)
     }
 
     /// Where `b` is in the value, byte i in bit i. `b` must not be 0, which the padding holds.
@@ -197,6 +214,47 @@ impl Block64 {
         debug_assert_ne!(b, 0);
         byte_mask64(&self.bytes, b)
     }
+}
+
+/// The bits below `n`: the bytes of a 64-byte block before index `n`.
+#[inline(always)]
+pub(crate) fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The first bit of `mask` from bit `from` up to (not including) bit `to`.
+#[inline(always)]
+pub(crate) fn first_bit(mask: u64, from: usize, to: usize) -> Option<usize> {
+    let m = mask & low_bits(to) & !low_bits(from);
+    (m != 0).then(|| m.trailing_zeros() as usize)
+}
+
+/// One bit per byte of `block` that is at most `n`, as [`byte_mask64`].
+#[inline(always)]
+fn byte_mask64_at_most(block: &[u8; 64], n: u8) -> u64 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use safe_arch::{cmp_eq_mask_i8_m128i, load_unaligned_m128i, min_u8_m128i};
+        use safe_arch::{move_mask_i8_m128i, set_splat_i8_m128i};
+        let limit = set_splat_i8_m128i(n as i8);
+        let mut mask = 0;
+        for (k, chunk) in block.chunks_exact(16).enumerate() {
+            let chunk = load_unaligned_m128i(chunk.try_into().unwrap_or(&[0; 16]));
+            // A byte is at most `n` when the smaller of it and `n` is itself.
+            let hits = move_mask_i8_m128i(cmp_eq_mask_i8_m128i(min_u8_m128i(chunk, limit), chunk));
+            mask |= u64::from(hits as u16) << (16 * k);
+        }
+        mask
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    block
+        .iter()
+        .enumerate()
+        .fold(0, |m, (i, &b)| m | u64::from(b <= n) << i)
 }
 
 /// [`byte_mask64`] from eight-byte words, exactly (no borrow between bytes), for targets without
@@ -274,6 +332,27 @@ mod tests {
                 assert_eq!(byte_mask64_words(block, b), want, "block {i}, byte {b:#x}");
             }
         }
+    }
+
+    #[test]
+    fn block64_controls_are_the_bytes_up_to_a_space() {
+        for seed in 0..64 {
+            for len in [0, 1, 15, 16, 17, 40, 63, 64] {
+                let value = filler(seed, len);
+                let block = Block64::new(&value).unwrap();
+                let want = value
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| b <= b' ')
+                    .fold(0u64, |m, (i, _)| m | 1 << i);
+                assert_eq!(block.controls(), want, "seed {seed}, len {len}");
+            }
+        }
+        assert!(Block64::new(&[b'a'; 65]).is_none());
+        assert_eq!(first_bit(0b1011_0000, 0, 64), Some(4));
+        assert_eq!(first_bit(0b1011_0000, 5, 64), Some(5));
+        assert_eq!(first_bit(0b1011_0000, 6, 7), None);
+        assert_eq!(first_bit(1 << 63, 63, 64), Some(63));
     }
 
     /// Deterministic filler bytes: every value turns up, often next to its neighbours, which is

@@ -12,7 +12,7 @@
 use memchr::memchr;
 use smallvec::SmallVec;
 
-use super::addr::{param, parse_name_addr, parse_uri, Aor, Uri};
+use super::addr::{param, Aor, Uri};
 use super::trim_lws;
 
 /// Headers kept on the stack; a message with more spills to the heap, which is correct but slower.
@@ -877,8 +877,7 @@ impl<'a> Message<'a> {
 }
 
 fn party(v: &[u8]) -> Option<Party<'_>> {
-    let addr = parse_name_addr(v).ok()?;
-    let uri = parse_uri(addr.uri).ok()?;
+    let (addr, uri) = super::addr::parse_name_addr_uri(v).ok()?;
     Some(Party {
         uri,
         params: addr.params,

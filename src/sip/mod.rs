@@ -110,8 +110,8 @@ pub(crate) fn first_marked(marks: u64) -> usize {
     (marks.trailing_zeros() / 8) as usize
 }
 
-/// Where `a` or `b` first occurs in `s`. From 16 bytes on it is memchr's SSE2 searcher, called
-/// directly (SSE2 is always there on x86-64, so no run-time dispatch): 16 bytes a step. Shorter
+/// Where `a` or `b` first occurs in `s`. From 16 bytes on it is an SSE2 search, 16 bytes a step
+/// ([`find_either_sse2`]; SSE2 is always there on x86-64, so no run-time dispatch). Shorter
 /// slices are tested eight bytes at a time as one `u64` (about ten instructions, against four per
 /// byte for a byte-wise loop); only a slice shorter than eight goes byte by byte. The SSE2 step
 /// from 16 bytes took 192 instructions off a REGISTER's 10,642; from 24 or 32 bytes, less
@@ -129,11 +129,9 @@ pub(crate) fn find_either(s: &[u8], a: u8, b: u8) -> Option<usize> {
     if n < 8 {
         return s.iter().position(|&x| x == a || x == b);
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if n >= 16 {
-        if let Some(two) = memchr::arch::x86_64::sse2::memchr::Two::new(a, b) {
-            return two.find(s);
-        }
+        return find_either_sse2(s, a, b);
     }
     let mut at = 0;
     while at + 8 <= n {
@@ -147,6 +145,39 @@ pub(crate) fn find_either(s: &[u8], a: u8, b: u8) -> Option<usize> {
     // mark is a byte not searched yet.
     let found = if at < n { hits(n - 8) } else { 0 };
     (found != 0).then(|| n - 8 + first_marked(found))
+}
+
+/// [`find_either`] from 16 bytes on: sixteen bytes a step, the last step overlapping the one
+/// before (whose bytes held no match, so the first mark is a byte not searched yet). memchr's
+/// searcher, made for long haystacks, paid a set-up of aligned and unrolled loops that cost more
+/// than the search on the few dozen bytes these slices have: 71 instructions to find the `;`
+/// 27 bytes into a Via, this about 30 (`examples/respond_loop.rs`).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+fn find_either_sse2(s: &[u8], a: u8, b: u8) -> Option<usize> {
+    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i};
+    let (va, vb) = (
+        safe_arch::set_splat_i8_m128i(a as i8),
+        safe_arch::set_splat_i8_m128i(b as i8),
+    );
+    let marks = |at: usize| {
+        let v = load_unaligned_m128i(s[at..at + 16].try_into().unwrap_or(&[0; 16]));
+        move_mask_i8_m128i(bitor_m128i(
+            cmp_eq_mask_i8_m128i(v, va),
+            cmp_eq_mask_i8_m128i(v, vb),
+        ))
+    };
+    let n = s.len();
+    let mut at = 0;
+    while at + 16 <= n {
+        let found = marks(at);
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize);
+        }
+        at += 16;
+    }
+    let found = if at < n { marks(n - 16) } else { 0 };
+    (found != 0).then(|| n - 16 + found.trailing_zeros() as usize)
 }
 
 /// Whether `s` holds `b`, for a yes-or-no over a whole value (a comma in a list header): memchr's
@@ -432,6 +463,22 @@ mod tests {
                         assert_eq!(has_any3(&s, b, b';', 0xff), any3);
                         assert_eq!(has_lws(&s), s.iter().any(|&c| is_lws(c)), "{s:?}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_either_over_several_steps() {
+        for len in [47, 48, 49, 63, 64, 65, 100, 200] {
+            let clean = vec![b'a'; len];
+            assert_eq!(find_either(&clean, b';', b','), None);
+            for at in 0..len {
+                for later in [at, at + 1, at + 17, len - 1] {
+                    let mut s = clean.clone();
+                    s[later.min(len - 1)] = b',';
+                    s[at] = b';';
+                    assert_eq!(find_either(&s, b';', b','), Some(at), "{len} {at} {later}");
                 }
             }
         }

@@ -180,17 +180,13 @@ fn find_either_sse2(s: &[u8], a: u8, b: u8) -> Option<usize> {
     (found != 0).then(|| n - 16 + found.trailing_zeros() as usize)
 }
 
-/// Whether `s` holds `b`, for a yes-or-no over a whole value (a comma in a list header): memchr's
-/// SSE2 searcher called directly on x86-64, inlined, where `memchr::memchr` dispatches at run
-/// time on every call and [`find_byte`] is a call of its own (59 instructions more per REGISTER
-/// in `split_list`); a byte loop below 16 bytes.
+/// Whether `s` holds `b`, for a yes-or-no over a whole value (a comma in a list header): sixteen
+/// bytes a step with SSE2 from 16 bytes on ([`any_of_sse2`]), a byte loop below.
 #[inline]
 pub(crate) fn has_byte(s: &[u8], b: u8) -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if s.len() >= 16 {
-        if let Some(one) = memchr::arch::x86_64::sse2::memchr::One::new(b) {
-            return one.find(s).is_some();
-        }
+        return any_of_sse2(s, [b, b, b]);
     }
     s.contains(&b)
 }
@@ -198,11 +194,34 @@ pub(crate) fn has_byte(s: &[u8], b: u8) -> bool {
 /// Whether `s` holds `a`, `b` or `c`: as [`has_byte`], for three bytes at once.
 #[inline]
 pub(crate) fn has_any3(s: &[u8], a: u8, b: u8, c: u8) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(three) = memchr::arch::x86_64::sse2::memchr::Three::new(a, b, c) {
-        return three.find(s).is_some();
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if s.len() >= 16 {
+        return any_of_sse2(s, [a, b, c]);
     }
-    memchr::memchr3(a, b, c, s).is_some()
+    s.iter().any(|&x| x == a || x == b || x == c)
+}
+
+/// Whether any byte of `s` (at least 16 bytes) is one of `bytes`: sixteen bytes a step, the last
+/// step overlapping the one before, the marks of every step gathered and tested once at the end
+/// (the values these test rarely hold the bytes, so there is no early exit to pay for). memchr's
+/// searchers, called directly before, set up aligned and unrolled loops made for long haystacks.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+fn any_of_sse2(s: &[u8], bytes: [u8; 3]) -> bool {
+    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i};
+    let [a, b, c] = bytes.map(|x| safe_arch::set_splat_i8_m128i(x as i8));
+    let marks = |chunk: &[u8]| {
+        let v = load_unaligned_m128i(chunk.try_into().unwrap_or(&[0; 16]));
+        bitor_m128i(
+            bitor_m128i(cmp_eq_mask_i8_m128i(v, a), cmp_eq_mask_i8_m128i(v, b)),
+            cmp_eq_mask_i8_m128i(v, c),
+        )
+    };
+    let mut found = marks(&s[s.len() - 16..]);
+    for chunk in s.chunks_exact(16) {
+        found = bitor_m128i(found, marks(chunk));
+    }
+    move_mask_i8_m128i(found) != 0
 }
 
 /// One bit per byte of `block` that equals `b`, byte i in bit i: a whole header section's line

@@ -91,16 +91,14 @@ fn b64_body_bytes(body: &[u8]) -> bool {
 /// (`examples/respond_loop.rs`, `loadtest/instructions_per_answer.sh`).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn b64_body_sse2(body: &[u8]) -> bool {
-    use safe_arch::{add_i8_m128i, bitand_m128i, bitor_m128i, cmp_eq_mask_i8_m128i, m128i};
-    use safe_arch::{load_unaligned_m128i, min_u8_m128i, move_mask_i8_m128i, set_splat_i8_m128i};
-    let splat = |b: u8| set_splat_i8_m128i(b as i8);
+    use crate::sip::{any_lane16, at_most};
+    use safe_arch::{add_i8_m128i, bitandnot_m128i, bitor_m128i, cmp_eq_mask_i8_m128i, m128i};
+    let splat = |b: u8| safe_arch::set_splat_i8_m128i(b as i8);
     // A byte is in `lo ..= lo + span` when, less `lo` (wrapping), it is at most `span`.
     let within = |v: m128i, lo: u8, span: u8| {
-        let off = add_i8_m128i(v, splat(lo.wrapping_neg()));
-        cmp_eq_mask_i8_m128i(min_u8_m128i(off, splat(span)), off)
+        at_most(add_i8_m128i(v, splat(lo.wrapping_neg())), splat(span))
     };
-    let valid = |chunk: &[u8]| {
-        let v = load_unaligned_m128i(chunk.try_into().unwrap_or(&[0; 16]));
+    let refused = |v: m128i| {
         // As is_b64_byte: both cases of letters, `-` to `9`, and three single bytes.
         let letters = within(bitor_m128i(v, splat(0x20)), b'a', 25);
         let dash_to_nine = within(v, b'-', 12);
@@ -111,21 +109,18 @@ fn b64_body_sse2(body: &[u8]) -> bool {
                 cmp_eq_mask_i8_m128i(v, splat(b'+')),
             ),
         );
-        bitor_m128i(letters, bitor_m128i(dash_to_nine, singles))
+        let valid = bitor_m128i(letters, bitor_m128i(dash_to_nine, singles));
+        bitandnot_m128i(valid, splat(0xff))
     };
-    let n = body.len();
-    let all = if n < 16 {
-        let mut padded = [b'a'; 16];
-        padded[..n].copy_from_slice(body);
-        valid(&padded)
-    } else {
-        let mut all = valid(&body[n - 16..]);
-        for chunk in body.chunks_exact(16) {
-            all = bitand_m128i(all, valid(chunk));
+    match body.len() {
+        n @ 0..16 => {
+            // Padded with a byte the grammar takes.
+            let mut padded = [b'a'; 16];
+            padded[..n].copy_from_slice(body);
+            !any_lane16(&padded, refused)
         }
-        all
-    };
-    move_mask_i8_m128i(all) == 0xffff
+        _ => !any_lane16(body, refused),
+    }
 }
 
 /// A b64token byte before the padding, in as few comparisons as the vectorised loop can do: one

@@ -40,28 +40,36 @@ pub(crate) fn has_lws(s: &[u8]) -> bool {
     let suspect = match s.len() {
         0..=7 => true,
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        n @ 16.. => any_at_most_16(s, b' ', n),
+        16.. => {
+            let space = safe_arch::set_splat_i8_m128i(b' ' as i8);
+            any_lane16(s, |v| at_most(v, space))
+        }
         n => s.chunks_exact(8).any(below_bang) || below_bang(&s[n - 8..]),
     };
     suspect && s.iter().any(|&b| is_lws(b))
 }
 
-/// Whether a byte of `s` (`n` bytes, at least 16) is at most `limit`, sixteen bytes a step.
+/// Whether `hit` marks a lane in any 16-byte step over `s`, which must be at least 16 bytes long:
+/// the last step overlaps the one before (harmless for a yes-or-no answer), and the marks of every
+/// step are gathered and tested once at the end. The values tested rarely hold what is looked for,
+/// so an early exit would be paid for and not used.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[inline]
-fn any_at_most_16(s: &[u8], limit: u8, n: usize) -> bool {
-    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, min_u8_m128i};
-    use safe_arch::{move_mask_i8_m128i, set_splat_i8_m128i};
-    let limit = set_splat_i8_m128i(limit as i8);
-    let low = |chunk: &[u8]| {
-        let v = load_unaligned_m128i(chunk.try_into().unwrap_or(&[0xff; 16]));
-        cmp_eq_mask_i8_m128i(min_u8_m128i(v, limit), v)
-    };
-    let mut hits = low(&s[n - 16..]);
+#[inline(always)]
+pub(crate) fn any_lane16(s: &[u8], hit: impl Fn(safe_arch::m128i) -> safe_arch::m128i) -> bool {
+    use safe_arch::{bitor_m128i, load_unaligned_m128i, move_mask_i8_m128i};
+    let step = |chunk: &[u8]| hit(load_unaligned_m128i(chunk.try_into().unwrap_or(&[0; 16])));
+    let mut marks = step(&s[s.len() - 16..]);
     for chunk in s.chunks_exact(16) {
-        hits = bitor_m128i(hits, low(chunk));
+        marks = bitor_m128i(marks, step(chunk));
     }
-    move_mask_i8_m128i(hits) != 0
+    move_mask_i8_m128i(marks) != 0
+}
+
+/// Lanes of `v` that are at most `limit` (a splat): the smaller of the two is the byte itself.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+pub(crate) fn at_most(v: safe_arch::m128i, limit: safe_arch::m128i) -> safe_arch::m128i {
+    safe_arch::cmp_eq_mask_i8_m128i(safe_arch::min_u8_m128i(v, limit), v)
 }
 
 /// Where `b` first occurs in `s`, for the searches that usually run across a good part of a
@@ -201,27 +209,19 @@ pub(crate) fn has_any3(s: &[u8], a: u8, b: u8, c: u8) -> bool {
     s.iter().any(|&x| x == a || x == b || x == c)
 }
 
-/// Whether any byte of `s` (at least 16 bytes) is one of `bytes`: sixteen bytes a step, the last
-/// step overlapping the one before, the marks of every step gathered and tested once at the end
-/// (the values these test rarely hold the bytes, so there is no early exit to pay for). memchr's
+/// Whether any byte of `s` (at least 16 bytes) is one of `bytes`, by [`any_lane16`]. memchr's
 /// searchers, called directly before, set up aligned and unrolled loops made for long haystacks.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline]
 fn any_of_sse2(s: &[u8], bytes: [u8; 3]) -> bool {
-    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i};
+    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i};
     let [a, b, c] = bytes.map(|x| safe_arch::set_splat_i8_m128i(x as i8));
-    let marks = |chunk: &[u8]| {
-        let v = load_unaligned_m128i(chunk.try_into().unwrap_or(&[0; 16]));
+    any_lane16(s, |v| {
         bitor_m128i(
             bitor_m128i(cmp_eq_mask_i8_m128i(v, a), cmp_eq_mask_i8_m128i(v, b)),
             cmp_eq_mask_i8_m128i(v, c),
         )
-    };
-    let mut found = marks(&s[s.len() - 16..]);
-    for chunk in s.chunks_exact(16) {
-        found = bitor_m128i(found, marks(chunk));
-    }
-    move_mask_i8_m128i(found) != 0
+    })
 }
 
 /// One bit per byte of `block` that equals `b`, byte i in bit i: a whole header section's line
@@ -311,14 +311,12 @@ pub(crate) fn first_bit(mask: u64, from: usize, to: usize) -> Option<usize> {
 fn byte_mask64_at_most(block: &[u8; 64], n: u8) -> u64 {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     {
-        use safe_arch::{cmp_eq_mask_i8_m128i, load_unaligned_m128i, min_u8_m128i};
-        use safe_arch::{move_mask_i8_m128i, set_splat_i8_m128i};
+        use safe_arch::{load_unaligned_m128i, move_mask_i8_m128i, set_splat_i8_m128i};
         let limit = set_splat_i8_m128i(n as i8);
         let mut mask = 0;
         for (k, chunk) in block.chunks_exact(16).enumerate() {
             let chunk = load_unaligned_m128i(chunk.try_into().unwrap_or(&[0; 16]));
-            // A byte is at most `n` when the smaller of it and `n` is itself.
-            let hits = move_mask_i8_m128i(cmp_eq_mask_i8_m128i(min_u8_m128i(chunk, limit), chunk));
+            let hits = move_mask_i8_m128i(at_most(chunk, limit));
             mask |= u64::from(hits as u16) << (16 * k);
         }
         mask

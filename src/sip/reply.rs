@@ -520,7 +520,7 @@ fn refused_bytes(p: &[u8]) -> bool {
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn refused_sse2(p: &[u8]) -> bool {
     use safe_arch::{bitand_m128i, bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i};
-    use safe_arch::{m128i, min_u8_m128i, move_mask_i8_m128i, set_splat_i8_m128i};
+    use safe_arch::{m128i, move_mask_i8_m128i, set_splat_i8_m128i};
     let Some(&first) = p.first() else {
         return false;
     };
@@ -536,7 +536,7 @@ fn refused_sse2(p: &[u8]) -> bool {
     let step = |from: &[u8]| -> m128i {
         let this = load_unaligned_m128i(from[..16].try_into().unwrap_or(&[0; 16]));
         let next = load_unaligned_m128i(from[1..17].try_into().unwrap_or(&[0; 16]));
-        let controls = cmp_eq_mask_i8_m128i(min_u8_m128i(next, space), next);
+        let controls = super::at_most(next, space);
         let xs = cmp_eq_mask_i8_m128i(bitor_m128i(next, case), x);
         let pairs = bitand_m128i(
             cmp_eq_mask_i8_m128i(this, semi),

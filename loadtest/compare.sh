@@ -353,13 +353,15 @@ fi
 log "work directory: $work"
 
 # Phase 1: closed loop, cached tokens. The systems take turns within each round, so that a
-# disturbance on the machine spreads over all of them instead of hitting one.
+# disturbance on the machine spreads over all of them instead of hitting one; sipward and the bare
+# responder go back to back, so that each round's ratio of the two (reported per round) compares
+# runs a few seconds apart on a host whose other tenants come and go.
 for r in $(seq 1 "$RUNS"); do
     run_register sipward-udp "$r" --target 127.0.0.1:$SIPWARD_PORT --window $WINDOW
+    run_register bare-udp "$r" --target 127.0.0.1:$BARE_PORT --window $WINDOW
     run_register sipward-tcp "$r" --target 127.0.0.1:$SIPWARD_PORT --window $WINDOW --transport tcp --connections $CONNECTIONS
     [ $kam_udp -eq 1 ] && run_register kamailio-udp "$r" --target 127.0.0.1:$KAM_UDP_PORT --window $WINDOW
     [ $kam_tcp -eq 1 ] && run_register kamailio-tcp "$r" --target 127.0.0.1:$KAM_TCP_PORT --window $WINDOW --transport tcp --connections $CONNECTIONS
-    run_register bare-udp "$r" --target 127.0.0.1:$BARE_PORT --window $WINDOW
     if [ "$FORWARD" = 1 ]; then
         run_register sipward-fwd-udp "$r" --target 127.0.0.1:$FWD_PORT --window $WINDOW
         [ $kam_fwd -eq 1 ] && run_register kamailio-fwd-udp "$r" --target 127.0.0.1:$KAM_FWD_PORT --window $WINDOW
@@ -561,6 +563,32 @@ for label, a, b in ratios:
     if a not in off and b not in off:
         w(f"| {label} | {ratio(m(a), m(b))} |")
 w(f"| sipward p99 / bare p99 at {rate:,}/s | {ratio(m('sipward-rate', p('p99')), m('bare-rate', p('p99')))} |")
+w("")
+
+
+def by_round(name):
+    out = {}
+    for i in range(1, int(E["C_RUNS"]) + 1):
+        try:
+            out[i] = json.load(open(f"{work}/{name}.{i}.json"))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+w("Paired by round (each round's ratio of the two systems, measured within a minute of each other, "
+  "sipward and the bare responder back to back; the median of those ratios is less at the mercy "
+  "of a host that is busier for one system's turns than for the other's):\n")
+w("| ratio | per round | median |")
+w("|---|---|---:|")
+for label, a, b in ratios[:3]:
+    if a in off or b in off:
+        continue
+    ra, rb = by_round(a), by_round(b)
+    paired = [thr(ra[i]) / thr(rb[i]) for i in sorted(ra) if i in rb and thr(rb[i])]
+    if paired:
+        per = ", ".join(f"{x:.2f}" for x in paired)
+        w(f"| {label} | {per} | {statistics.median(paired):.2f} |")
 w("")
 
 bad = []

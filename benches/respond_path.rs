@@ -79,21 +79,10 @@ const ACCEPTED: Done = Done::Replied {
 };
 
 /// The shard's hot path for a request whose token is cached (cf. `shard::process::process`): the
-/// token looked up on the request where the engine scanned it.
+/// token looked up on the request where the engine scanned it. With the method the engine parsed,
+/// which the shard counts by.
 #[inline(always)]
 fn respond(
-    engine: &Engine,
-    tokens: &TokenService,
-    pinned: &Pinned<'_>,
-    data: &[u8],
-    src: SocketAddr,
-    out: &mut Vec<u8>,
-) -> Done {
-    respond_with_method(engine, tokens, pinned, data, src, out).0
-}
-
-/// [`respond`], with the method the engine parsed, which the shard counts by.
-fn respond_with_method(
     engine: &Engine,
     tokens: &TokenService,
     pinned: &Pinned<'_>,
@@ -152,7 +141,8 @@ fn bench_respond(c: &mut Criterion) {
             &with_token,
             src,
             &mut out
-        ),
+        )
+        .0,
         ACCEPTED
     );
     let text = String::from_utf8(out.clone()).unwrap();
@@ -189,7 +179,7 @@ fn bench_respond(c: &mut Criterion) {
                 &mut out,
             );
             black_box(&out);
-            done
+            done.0
         })
     });
 
@@ -201,8 +191,7 @@ fn bench_respond(c: &mut Criterion) {
             let data = black_box(&with_token);
             let engine = live.load();
             assert!(tokens.has_source());
-            let (done, method) =
-                respond_with_method(&engine, &tokens, &pinned, data, src, &mut out);
+            let (done, method) = respond(&engine, &tokens, &pinned, data, src, &mut out);
             bump(&stats.cache_hits);
             if let Done::Replied { code, outcome } = done {
                 bump(&stats.replied);
@@ -317,7 +306,8 @@ fn bench_forward(c: &mut Criterion) {
             &with_token,
             src,
             &mut out
-        ),
+        )
+        .0,
         relayed
     );
     let text = String::from_utf8(out.clone()).unwrap();
@@ -362,7 +352,7 @@ fn bench_forward(c: &mut Criterion) {
                     &mut out,
                 );
                 black_box(&out);
-                done
+                done.0
             })
         });
     }

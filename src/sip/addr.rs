@@ -509,14 +509,7 @@ mod tests {
             fast.is_some()
         };
         // Every value of up to four pieces.
-        let mut cases: Vec<Vec<u8>> = vec![Vec::new()];
-        for _ in 0..4 {
-            let longer: Vec<Vec<u8>> = cases
-                .iter()
-                .flat_map(|c| pieces.iter().map(move |p| [c.as_slice(), p].concat()))
-                .collect();
-            cases.extend(longer);
-        }
+        let mut cases: Vec<Vec<u8>> = crate::sip::tests::joined_pieces(&pieces, 4).collect();
         // And every combination of the parts of a From or To, each usual or odd.
         let displays: [&[u8]; 6] = [
             b"",

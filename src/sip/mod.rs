@@ -434,6 +434,23 @@ mod tests {
             .collect()
     }
 
+    /// Every concatenation of up to `most` of `pieces`, the empty one first, shorter before longer.
+    pub(crate) fn joined_pieces<'p>(
+        pieces: &'p [&'p [u8]],
+        most: u32,
+    ) -> impl Iterator<Item = Vec<u8>> + 'p {
+        (0..=most).flat_map(move |len| {
+            (0..pieces.len().pow(len)).map(move |mut n| {
+                let mut v = Vec::new();
+                for _ in 0..len {
+                    v.extend_from_slice(pieces[n % pieces.len()]);
+                    n /= pieces.len();
+                }
+                v
+            })
+        })
+    }
+
     /// Every string of up to five bytes over white space, controls and ordinary bytes.
     pub(crate) fn short_strings() -> impl Iterator<Item = Vec<u8>> {
         const ALPHABET: [u8; 8] = [b' ', b'\t', b'\r', b'\n', b'a', 0x01, 0x7f, 0xff];

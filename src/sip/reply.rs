@@ -625,15 +625,7 @@ mod tests {
             b";;",
             b"rport=5",
         ];
-        let mut cases: Vec<Vec<u8>> = vec![Vec::new()];
-        for _ in 0..5 {
-            let longer: Vec<Vec<u8>> = cases
-                .iter()
-                .flat_map(|c| pieces.iter().map(move |p| [c.as_slice(), p].concat()))
-                .collect();
-            cases.extend(longer);
-            cases.dedup();
-        }
+        let mut cases: Vec<Vec<u8>> = crate::sip::tests::joined_pieces(&pieces, 5).collect();
         cases.push([&b";branch=z9hG4bK"[..], &[b'a'; 60], b";rport"].concat());
         for case in cases {
             let p = [&b";"[..], &case].concat();

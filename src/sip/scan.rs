@@ -1013,16 +1013,9 @@ mod tests {
             b":",
             b"4294967296",
         ];
-        for len in 0..=5u32 {
-            for mut n in 0..PIECES.len().pow(len) {
-                let mut v = Vec::new();
-                for _ in 0..len {
-                    v.extend_from_slice(PIECES[n % PIECES.len()]);
-                    n /= PIECES.len();
-                }
-                assert_eq!(parse_decimal(&v), decimal(&v), "{v:?}");
-                assert_eq!(parse_cseq(&v), cseq(&v), "{v:?}");
-            }
+        for v in crate::sip::tests::joined_pieces(&PIECES, 5) {
+            assert_eq!(parse_decimal(&v), decimal(&v), "{v:?}");
+            assert_eq!(parse_cseq(&v), cseq(&v), "{v:?}");
         }
     }
 

@@ -185,7 +185,7 @@ fn usual_name_addr_uri(v: &[u8]) -> Option<(NameAddr<'_>, Uri<'_>)> {
         ),
         None => (None, rest),
     };
-    let hp_end = first_bit(block.mask2(b';', b'?'), hp_start, gt).unwrap_or(gt);
+    let hp_end = first_bit(block.mask(b';') | block.mask(b'?'), hp_start, gt).unwrap_or(gt);
     if v.get(hp_start) == Some(&b'[') {
         return None;
     }

@@ -268,12 +268,6 @@ impl Block64 {
         })
     }
 
-    /// Where the value has `a` or `b`; neither may be 0.
-    #[inline]
-    pub(crate) fn mask2(&self, a: u8, b: u8) -> u64 {
-        self.mask(a) | self.mask(b)
-    }
-
     /// Where the value has a space or a control byte (linear white space among them).
     #[inline]
     pub(crate) fn controls(&self) -> u64 {
